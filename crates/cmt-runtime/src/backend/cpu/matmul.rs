@@ -1,0 +1,175 @@
+//! out[m, n] = x[m, k] · w[n, k]ᵀ on the CPU.
+//!
+//! Two regimes. Decode (small m) is bound by reading w once: each thread streams a band of
+//! w's rows and dots every one with all m inputs while the row is in L1. Prefill (large m)
+//! is compute bound and goes to the `gemm` crate's packed, cache-blocked kernels.
+use super::simd::dot;
+use rayon::prelude::*;
+
+/// Below this many input rows, the streaming kernel beats packing for gemm.
+const SKINNY_MAX_M: usize = 8;
+/// Output features per rayon task in the streaming kernel.
+const ROWS_PER_TASK: usize = 32;
+
+pub fn matmul_nt(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
+        "matmul_nt: buffers too small"
+    );
+    if let Some(b) = bias {
+        assert!(b.len() >= n, "matmul_nt: bias too small");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if m <= SKINNY_MAX_M {
+        skinny(x, w, bias, out, m, n, k);
+    } else {
+        packed(x, w, bias, out, m, n, k);
+    }
+}
+
+fn skinny(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    // Tasks own disjoint column bands [j0, j1) of every output row; write through a raw
+    // pointer because the band is strided across the m output rows.
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let n_tasks = n.div_ceil(ROWS_PER_TASK);
+    (0..n_tasks).into_par_iter().for_each(|t| {
+        let j0 = t * ROWS_PER_TASK;
+        let j1 = (j0 + ROWS_PER_TASK).min(n);
+        let optr = out_ptr;
+        for j in j0..j1 {
+            let wr = &w[j * k..(j + 1) * k];
+            let b = bias.map_or(0.0, |b| b[j]);
+            for i in 0..m {
+                let v = dot(&x[i * k..(i + 1) * k], wr) + b;
+                // SAFETY: i < m, j < n, so i·n + j < m·n <= out.len(); column j belongs to
+                // this task alone, so no two threads write the same element.
+                unsafe { *optr.0.add(i * n + j) = v };
+            }
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint output elements to rayon tasks (see `skinny`).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+fn packed(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    let read_dst = if let Some(b) = bias {
+        for row in out[..m * n].chunks_exact_mut(n) {
+            row.copy_from_slice(&b[..n]);
+        }
+        true
+    } else {
+        false
+    };
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: dst is [m, n] row-major (col stride 1, row stride n); lhs = x [m, k] row-major;
+    // rhs = wᵀ, i.e. element (kk, j) at w[j·k + kk]: row stride 1, col stride k. All three
+    // buffers were checked to be large enough in `matmul_nt`, and dst does not alias inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// The plain triple loop, in f64: the reference the fast paths are tested against.
+#[cfg(test)]
+pub fn matmul_nt_slow(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f64> {
+    let mut out = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = bias.map_or(0.0, |b| b[j] as f64);
+            for kk in 0..k {
+                s += x[i * k + kk] as f64 * w[j * k + kk] as f64;
+            }
+            out[i * n + j] = s;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn matches_triple_loop(m in 1usize..40, n in 1usize..70, k in 1usize..90, seed in 0u64..1000, with_bias: bool) {
+            let gen = |len: usize, s: u64| -> Vec<f32> {
+                (0..len).map(|i| (((i as u64 * 2654435761 + s * 97) % 1000) as f32 / 500.0) - 1.0).collect()
+            };
+            let x = gen(m * k, seed);
+            let w = gen(n * k, seed + 1);
+            let b = gen(n, seed + 2);
+            let bias = with_bias.then_some(&b[..]);
+            let mut out = vec![f32::NAN; m * n];
+            matmul_nt(&x, &w, bias, &mut out, m, n, k);
+            let want = matmul_nt_slow(&x, &w, bias, m, n, k);
+            for (g, r) in out.iter().zip(&want) {
+                prop_assert!((*g as f64 - r).abs() <= 1e-5 + 1e-5 * r.abs() * (k as f64).sqrt(), "{g} vs {r}");
+            }
+        }
+    }
+}

