@@ -2,6 +2,7 @@
 //! directory or GGUF), tokenises, runs the transformer forward pass on a `Backend` (CPU now),
 //! generates text, and scores text.
 pub mod backend;
+pub mod batch;
 pub mod config;
 pub mod convert;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use backend::{Backend, CpuBackend};
+pub use batch::{PadSide, PaddedBatch};
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
 pub use generate::{generate, GenerateOptions};
