@@ -1,5 +1,8 @@
 //! Shared test support: locating `../shared`, fetching the default model, reading fixtures.
 #![allow(dead_code)]
+pub mod gguf_writer;
+pub mod tiny;
+
 use cmt_runtime::{CpuBackend, Model, Tokenizer};
 use safetensors::{Dtype, SafeTensors};
 use std::path::PathBuf;
@@ -21,6 +24,7 @@ pub fn fixtures_dir() -> Option<PathBuf> {
 
 /// Skips (returns None with a message) when something the test needs is absent. On CI
 /// (`CI` set) a missing model is a failure, since CI is expected to have fetched it.
+#[allow(unused_macros)]
 macro_rules! require {
     ($e:expr, $what:expr) => {
         match $e {
@@ -32,6 +36,7 @@ macro_rules! require {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use require;
 
 pub fn default_model_path() -> Option<PathBuf> {

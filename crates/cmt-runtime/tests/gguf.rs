@@ -1,0 +1,287 @@
+//! GGUF loading on files written here: every supported tensor type, llama q/k row order,
+//! config and tokenizer from metadata, and damaged files (truncated at every header byte,
+//! bad magic/version/type, tensors past the end, NaN weights) giving errors, not panics.
+mod common;
+use cmt_runtime::{CpuBackend, Logits, ModelConfig, SeqInput};
+use common::gguf_writer::{Meta, Ty, Writer};
+use common::tiny::{assert_close, reference_logits, MapSource};
+use std::collections::HashMap;
+
+const TYPES: [Ty; 6] = [Ty::F32, Ty::F16, Ty::BF16, Ty::Q8_0, Ty::Q4_0, Ty::Q4_1];
+
+fn tiny_cfg() -> ModelConfig {
+    ModelConfig {
+        arch: cmt_runtime::Arch::Llama,
+        hidden: 64,
+        intermediate: 96,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+        vocab: 40,
+        rms_eps: 1e-5,
+        rope_theta: 10_000.0,
+        tie_embeddings: false,
+        qkv_bias: false,
+        max_positions: 64,
+        bos_token: None,
+        eos_tokens: vec![0],
+    }
+}
+
+/// llama.cpp's convert permute of q/k rows: per head [2, hd/2] -> [hd/2, 2].
+fn permute(w: &[f32], heads: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let hd = rows / heads;
+    let mut out = vec![0.0; w.len()];
+    for h in 0..heads {
+        for j in 0..hd / 2 {
+            for t in 0..2 {
+                let (dst, src) = (h * hd + j * 2 + t, h * hd + t * hd / 2 + j);
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// A tiny llama GGUF whose matrices cycle through all tensor types. Returns the file bytes
+/// and the weights as the file holds them, in HF layout (the reference's input).
+fn tiny_gguf(cfg: &ModelConfig, seed: u64) -> (Vec<u8>, MapSource) {
+    let mut rng = common::tiny::Rng(seed);
+    let mut w = Writer::new();
+    let a = "llama";
+    for (k, v) in [
+        ("block_count", cfg.layers),
+        ("embedding_length", cfg.hidden),
+        ("feed_forward_length", cfg.intermediate),
+        ("attention.head_count", cfg.heads),
+        ("attention.head_count_kv", cfg.kv_heads),
+        ("context_length", cfg.max_positions),
+    ] {
+        w.meta(&format!("{a}.{k}"), Meta::U32(v as u32));
+    }
+    w.meta("general.architecture", Meta::Str(a.into()));
+    w.meta(&format!("{a}.rope.freq_base"), Meta::F32(cfg.rope_theta));
+    w.meta(
+        &format!("{a}.attention.layer_norm_rms_epsilon"),
+        Meta::F32(cfg.rms_eps),
+    );
+    let mut tokens: Vec<String> = ["<|endoftext|>", "a", "b", "c", "Ġ", "ab", "Ġa", "Ġab"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    while tokens.len() < cfg.vocab {
+        tokens.push(format!("t{}", tokens.len()));
+    }
+    let mut types = vec![1i32; cfg.vocab];
+    types[0] = 3;
+    w.meta("tokenizer.ggml.model", Meta::Str("gpt2".into()));
+    w.meta("tokenizer.ggml.tokens", Meta::StrArray(tokens));
+    w.meta("tokenizer.ggml.token_type", Meta::I32Array(types));
+    w.meta(
+        "tokenizer.ggml.merges",
+        Meta::StrArray(vec!["Ġ a".into(), "a b".into(), "Ġa b".into()]),
+    );
+    w.meta("tokenizer.ggml.eos_token_id", Meta::U32(0));
+    w.meta("tokenizer.ggml.add_bos_token", Meta::Bool(false));
+    let mut hf = HashMap::new();
+    for (i, (name, shape)) in cmt_runtime::convert::hf_tensor_shapes(cfg)
+        .into_iter()
+        .enumerate()
+    {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = if shape.len() == 1 {
+            rng.vec(n, 0.2).into_iter().map(|x| 1.0 + x).collect()
+        } else {
+            rng.vec(n, 0.4)
+        };
+        let ty = if shape.len() == 1 {
+            Ty::F32
+        } else {
+            TYPES[i % TYPES.len()]
+        };
+        let gname = cmt_runtime::gguf::gguf_name(&name).unwrap();
+        // Quantisation works within rows, so the stored values in HF order are the
+        // round-trip of the HF-order rows even when the file holds them permuted.
+        let (_, stored) = common::gguf_writer::encode(ty, &v);
+        let on_disk = if name.ends_with("q_proj.weight") {
+            permute(&v, cfg.heads, shape[0], shape[1])
+        } else if name.ends_with("k_proj.weight") {
+            permute(&v, cfg.kv_heads, shape[0], shape[1])
+        } else {
+            v
+        };
+        w.tensor(&gname, &shape, ty, &on_disk);
+        hf.insert(name, (shape, stored));
+    }
+    (w.to_bytes(), MapSource(hf))
+}
+
+fn write_tmp(bytes: &[u8]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("model.gguf");
+    std::fs::write(&p, bytes).unwrap();
+    (dir, p)
+}
+
+#[test]
+fn tiny_gguf_of_every_type_matches_reference() {
+    let cfg = tiny_cfg();
+    let (bytes, stored) = tiny_gguf(&cfg, 5);
+    let (_d, path) = write_tmp(&bytes);
+    let (model, tok) = cmt_runtime::load_model(&path, CpuBackend).unwrap();
+    assert_eq!(model.cfg, cfg, "config from GGUF metadata");
+    assert_eq!(tok.encode("ab ab", false).unwrap(), vec![5, 7]);
+    assert_eq!(tok.encode("<|endoftext|>a", false).unwrap(), vec![0, 1]);
+    assert_eq!(tok.decode(&[5, 7]).unwrap(), "ab ab");
+    let ids = [1u32, 5, 9, 30, 2, 2, 17];
+    let mut sess = model.session(1, 16).unwrap();
+    let got = model
+        .forward(&mut sess, &[SeqInput::tokens(0, &ids)], Logits::All, None)
+        .unwrap();
+    assert_close(
+        got,
+        &reference_logits(&cfg, &stored, None, &[], &ids),
+        "tiny GGUF",
+    );
+}
+
+#[test]
+fn tiny_gguf_converts_to_an_identical_hf_directory() {
+    let cfg = tiny_cfg();
+    let (bytes, _) = tiny_gguf(&cfg, 9);
+    let (d, path) = write_tmp(&bytes);
+    let out = d.path().join("hf");
+    cmt_runtime::convert::gguf_to_hf(&path, &out).unwrap();
+    let (a, ta) = cmt_runtime::load_model(&path, CpuBackend).unwrap();
+    let (b, tb) = cmt_runtime::load_model(&out, CpuBackend).unwrap();
+    assert_eq!(a.cfg, b.cfg);
+    assert_eq!(
+        ta.encode("ab ab <|endoftext|>", false).unwrap(),
+        tb.encode("ab ab <|endoftext|>", false).unwrap()
+    );
+    let ids = [3u32, 1, 4, 1, 5, 9, 2, 6];
+    let mut sa = a.session(1, 16).unwrap();
+    let mut sb = b.session(1, 16).unwrap();
+    let la = a
+        .forward(&mut sa, &[SeqInput::tokens(0, &ids)], Logits::All, None)
+        .unwrap();
+    let lb = b
+        .forward(&mut sb, &[SeqInput::tokens(0, &ids)], Logits::All, None)
+        .unwrap();
+    assert_eq!(la, lb, "logits must be bit-identical");
+}
+
+fn open_err(bytes: &[u8]) -> String {
+    let (_d, path) = write_tmp(bytes);
+    match cmt_runtime::gguf::GgufFile::open(&path) {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn truncation_anywhere_is_a_clear_error() {
+    let (bytes, _) = tiny_gguf(&tiny_cfg(), 1);
+    let (_d, full) = write_tmp(&bytes);
+    let g = cmt_runtime::gguf::GgufFile::open(&full).unwrap();
+    let data_start = g.tensors.iter().map(|t| t.offset).min().unwrap() as usize;
+    // every cut inside the header and directory, then a stride through the data
+    let cuts = (0..data_start).chain((data_start..bytes.len()).step_by(97));
+    for cut in cuts {
+        let e = open_err(&bytes[..cut]);
+        assert!(
+            e.contains("model.gguf"),
+            "cut at {cut}: error must name the file: {e:?}"
+        );
+        assert!(
+            e.contains("offset") || e.contains("truncated") || e.contains("past the end"),
+            "cut at {cut}: unexpected message {e:?}"
+        );
+    }
+}
+
+#[test]
+fn damaged_headers_are_named_errors() {
+    let (bytes, _) = tiny_gguf(&tiny_cfg(), 2);
+    let mut b = bytes.clone();
+    b[0] = b'X';
+    assert!(open_err(&b).contains("not a GGUF file"));
+    let mut b = bytes.clone();
+    b[4..8].copy_from_slice(&99u32.to_le_bytes());
+    assert!(open_err(&b).contains("version 99"));
+    let mut b = bytes.clone();
+    b[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(open_err(&b).contains("cannot fit"), "{}", open_err(&b));
+    // First metadata key length -> absurd.
+    let mut b = bytes.clone();
+    b[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert!(open_err(&b).contains("cannot fit"));
+    // A tensor type nobody knows: patch the first tensor's type field.
+    let (_d, p) = write_tmp(&bytes);
+    let g = cmt_runtime::gguf::GgufFile::open(&p).unwrap();
+    let name = &g.tensors[0].name;
+    let at = bytes
+        .windows(name.len())
+        .position(|w| w == name.as_bytes())
+        .unwrap()
+        + name.len();
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let ty_at = at + 4 + 8 * n_dims;
+    let mut b = bytes.clone();
+    b[ty_at..ty_at + 4].copy_from_slice(&77u32.to_le_bytes());
+    let e = open_err(&b);
+    assert!(e.contains(name) && e.contains("77"), "{e}");
+    // Offset pointing past the end of the file.
+    let mut b = bytes.clone();
+    b[ty_at + 4..ty_at + 12].copy_from_slice(&(1u64 << 33).to_le_bytes());
+    assert!(open_err(&b).contains("past the end"));
+}
+
+#[test]
+fn nan_weight_is_reported_with_its_tensor() {
+    let cfg = tiny_cfg();
+    let (bytes, _) = tiny_gguf(&cfg, 3);
+    // One NaN in an F32 norm weight, patched in place.
+    let (_d, p) = write_tmp(&bytes);
+    let g = cmt_runtime::gguf::GgufFile::open(&p).unwrap();
+    let t = g.tensor("blk.1.ffn_norm.weight").unwrap();
+    let mut b = bytes.clone();
+    let o = t.offset as usize + 4 * 3;
+    b[o..o + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let (_d2, p2) = write_tmp(&b);
+    let e = cmt_runtime::load_model(&p2, CpuBackend)
+        .err()
+        .expect("NaN weight must fail")
+        .to_string();
+    assert!(
+        e.contains("post_attention_layernorm") || e.contains("ffn_norm"),
+        "{e}"
+    );
+    assert!(e.contains("element 3"), "{e}");
+}
+
+#[test]
+fn not_a_model_is_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("notes.txt");
+    std::fs::write(&p, "hello").unwrap();
+    let e = cmt_runtime::load_model(&p, CpuBackend)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("notes.txt") && e.contains("neither a GGUF"),
+        "{e}"
+    );
+    let e = cmt_runtime::load_model(d.path(), CpuBackend)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("config.json"), "{e}");
+    let e = cmt_runtime::load_model(&d.path().join("missing.gguf"), CpuBackend)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("missing.gguf"), "{e}");
+}
