@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use cmt_runtime::tokenizer::StreamDecoder;
 use cmt_runtime::{CpuBackend, GenerateOptions};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -81,7 +81,12 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     })?;
     let rest = stream.finish(&tok)?;
     out.write_all(rest.as_bytes())?;
-    writeln!(out)?;
+    // Only the generated text goes to a pipe (scripts compare it byte for byte); a
+    // terminal also gets a final newline so the shell prompt starts on its own line.
+    if out.is_terminal() {
+        writeln!(out)?;
+    }
+    out.flush()?;
     Ok(())
 }
 
