@@ -56,7 +56,7 @@ impl PaddedBatch {
         let row = &self.mask[b * self.width..(b + 1) * self.width];
         let start = row.iter().position(|&m| m != 0).unwrap_or(self.width);
         let end = row.iter().rposition(|&m| m != 0).map_or(start, |e| e + 1);
-        if row[start..end].iter().any(|&m| m == 0) {
+        if row[start..end].contains(&0) {
             return Err(Error::Invalid(format!(
                 "batch row {b}: attention mask has padding inside the sequence (only left or right padding is supported)"
             )));

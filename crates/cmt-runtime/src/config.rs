@@ -68,7 +68,7 @@ impl ModelConfig {
                 return bad(field, "must be > 0".into());
             }
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return bad(
                 "num_key_value_heads",
                 format!(
@@ -77,7 +77,7 @@ impl ModelConfig {
                 ),
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(
                 "head_dim",
                 format!("{} is odd; rotary needs pairs", self.head_dim),
@@ -178,7 +178,7 @@ impl ModelConfig {
             layers: need("num_hidden_layers")?,
             heads,
             kv_heads: get_usize("num_key_value_heads")?.unwrap_or(heads),
-            head_dim: get_usize("head_dim")?.unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+            head_dim: get_usize("head_dim")?.unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
             vocab: need("vocab_size")?,
             rms_eps: get_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
             rope_theta: rope_theta as f32,

@@ -39,7 +39,7 @@ pub(super) fn model_config(f: &GgufFile) -> Result<ModelConfig> {
     let hidden = need("embedding_length")?;
     let heads = need("attention.head_count")?;
     let head_dim =
-        uint("attention.key_length")?.unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+        uint("attention.key_length")?.unwrap_or(hidden.checked_div(heads).unwrap_or(0));
     if let Some(rot) = uint("rope.dimension_count")? {
         if rot != head_dim {
             return Err(Error::config(

@@ -50,7 +50,7 @@ impl GgmlType {
     /// Bytes for `n` elements, or None if `n` is not a whole number of blocks.
     pub fn n_bytes(self, n: usize) -> Option<usize> {
         let (be, bb) = self.block();
-        (n % be == 0).then(|| n / be * bb)
+        n.is_multiple_of(be).then(|| n / be * bb)
     }
 }
 
@@ -61,7 +61,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// Dequantises `src` (exactly `out.len()` elements of `ty`) into `out`.
 pub fn dequantize(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), String> {
     let (be, bb) = ty.block();
-    if out.len() % be != 0 || src.len() != out.len() / be * bb {
+    if !out.len().is_multiple_of(be) || src.len() != out.len() / be * bb {
         return Err(format!(
             "{} bytes do not hold {} elements of {ty:?}",
             src.len(),

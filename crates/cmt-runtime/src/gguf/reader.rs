@@ -273,7 +273,7 @@ impl GgufFile {
                     ),
                 )
             })? as u64;
-            let offset = data_start.checked_add(rel).unwrap_or(u64::MAX);
+            let offset = data_start.saturating_add(rel);
             if offset.checked_add(n_bytes).is_none_or(|end| end > file_len) {
                 return Err(Error::Format {
                     path: path.into(),

@@ -48,6 +48,13 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// A method (not `.0`) so closures capture the whole `Sync` wrapper, not the raw field.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 pub fn attention(
     q: &[f32],
     ck: &[f32],
@@ -81,7 +88,6 @@ pub fn attention(
             let row = sq.row_start + r;
             let qh = &q[row * qd + h * hd..row * qd + (h + 1) * hd];
             let n_keys = sq.pos + r + 1;
-            let optr = optr;
             SCORES.with(|sc| {
                 let mut sc = sc.borrow_mut();
                 if sc.len() < n_keys {
@@ -103,7 +109,7 @@ pub fn attention(
                 // SAFETY: (row, h) is unique to this task, so this hd-long block of `out` is
                 // written by no other thread; row < rows_total was checked above.
                 let o =
-                    unsafe { std::slice::from_raw_parts_mut(optr.0.add(row * qd + h * hd), hd) };
+                    unsafe { std::slice::from_raw_parts_mut(optr.get().add(row * qd + h * hd), hd) };
                 o.fill(0.0);
                 for (t, &p) in scores.iter().enumerate() {
                     axpy(p * inv, &cv[base + t * hd..base + (t + 1) * hd], o);
