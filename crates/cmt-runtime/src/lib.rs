@@ -14,6 +14,7 @@ pub mod model;
 pub mod score;
 pub mod session;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use backend::{Backend, CpuBackend};

@@ -3,6 +3,7 @@ use crate::backend::{AttnShape, Backend, RopeTable, SeqSpan};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::session::Session;
+use crate::train::Tape;
 use crate::weights::Weights;
 
 /// One sequence of a forward step.
@@ -39,7 +40,7 @@ pub struct Model<B: Backend> {
     pub cfg: ModelConfig,
     pub backend: B,
     pub weights: Weights<B>,
-    rope: RopeTable<B>,
+    pub(crate) rope: RopeTable<B>,
 }
 
 impl<B: Backend> Model<B> {
@@ -67,7 +68,20 @@ impl<B: Backend> Model<B> {
         sess: &'s mut Session<B>,
         inputs: &[SeqInput],
         logits: Logits,
+        hidden: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<&'s [f32]> {
+        self.forward_recorded(sess, inputs, logits, hidden, None)
+    }
+
+    /// `forward`, also saving into `tape` the activations the backward pass needs
+    /// (see `train`). Keys and values stay in the session's cache.
+    pub(crate) fn forward_recorded<'s>(
+        &self,
+        sess: &'s mut Session<B>,
+        inputs: &[SeqInput],
+        logits: Logits,
         mut hidden: Option<&mut Vec<Vec<f32>>>,
+        mut tape: Option<&mut Tape>,
     ) -> Result<&'s [f32]> {
         let cfg = &self.cfg;
         let be = &self.backend;
@@ -147,6 +161,10 @@ impl<B: Backend> Model<B> {
         };
         capture(&s.x)?;
 
+        if let Some(t) = tape.as_deref_mut() {
+            t.start(cfg, rows, &sess.spans);
+        }
+        let save = |dst: &mut Vec<f32>, buf: &B::Buf| be.download(buf, 0, dst);
         let shape = AttnShape {
             heads: cfg.heads,
             kv_heads: cfg.kv_heads,
@@ -154,6 +172,9 @@ impl<B: Backend> Model<B> {
             capacity: sess.capacity,
         };
         for (l, w) in self.weights.layers.iter().enumerate() {
+            if let Some(t) = tape.as_deref_mut() {
+                save(&mut t.layers[l].x_in, &s.x)?;
+            }
             be.rmsnorm(&s.x, &w.attn_norm, &mut s.xn, rows, cfg.rms_eps)?;
             be.matmul_nt(&s.xn, &w.wq, w.bq.as_ref(), &mut s.q, rows)?;
             be.matmul_nt(&s.xn, &w.wk, w.bk.as_ref(), &mut s.k, rows)?;
@@ -172,6 +193,9 @@ impl<B: Backend> Model<B> {
                 cfg.head_dim,
                 &self.rope,
             )?;
+            if let Some(t) = tape.as_deref_mut() {
+                save(&mut t.layers[l].q, &s.q)?;
+            }
             be.kv_write(
                 &s.k,
                 &s.v,
@@ -187,6 +211,12 @@ impl<B: Backend> Model<B> {
             be.rmsnorm(&s.x, &w.ffn_norm, &mut s.xn, rows, cfg.rms_eps)?;
             be.matmul_nt(&s.xn, &w.w_gate, None, &mut s.gate, rows)?;
             be.matmul_nt(&s.xn, &w.w_up, None, &mut s.up, rows)?;
+            if let Some(t) = tape.as_deref_mut() {
+                let lt = &mut t.layers[l];
+                save(&mut lt.x_mid, &s.x)?;
+                save(&mut lt.gate, &s.gate)?;
+                save(&mut lt.up, &s.up)?;
+            }
             be.swiglu(&s.gate, &s.up, &mut s.act, rows * cfg.intermediate)?;
             be.matmul_nt(&s.act, &w.w_down, None, &mut s.o, rows)?;
             be.add_assign(&mut s.x, &s.o, rows * d)?;
@@ -194,6 +224,10 @@ impl<B: Backend> Model<B> {
         }
         be.rmsnorm(&s.x, &self.weights.final_norm, &mut s.xn, rows, cfg.rms_eps)?;
         capture(&s.xn)?;
+        if let Some(t) = tape.as_deref_mut() {
+            save(&mut t.x_final, &s.x)?;
+            save(&mut t.xn_final, &s.xn)?;
+        }
         for span in &sess.spans {
             sess.lens[span.slot] = span.pos + span.rows;
         }

@@ -87,14 +87,31 @@ pub fn reference_logits(
     soft: &[f32],
     ids: &[u32],
 ) -> Vec<f64> {
+    let to64 = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+    let pf = prefix.map(|p| (p.len, to64(&p.k), to64(&p.v)));
+    reference_logits_f64(
+        cfg,
+        w,
+        pf.as_ref().map(|(p, k, v)| (*p, &k[..], &v[..])),
+        &to64(soft),
+        ids,
+    )
+}
+
+/// `reference_logits` with the prefix ((p, k, v), [layers, kv_heads, p, hd]) and soft
+/// embeddings in f64, for finite differences.
+pub fn reference_logits_f64(
+    cfg: &ModelConfig,
+    w: &MapSource,
+    prefix: Option<(usize, &[f64], &[f64])>,
+    soft: &[f64],
+    ids: &[u32],
+) -> Vec<f64> {
     let g = |n: &str| -> Vec<f64> { w.0[n].1.iter().map(|&x| x as f64).collect() };
     let (d, hd, nh, nkv) = (cfg.hidden, cfg.head_dim, cfg.heads, cfg.kv_heads);
-    let p = prefix.map_or(0, |p| p.len);
+    let p = prefix.map_or(0, |p| p.0);
     let emb = g("model.embed_tokens.weight");
-    let mut x: Vec<Vec<f64>> = soft
-        .chunks(d)
-        .map(|r| r.iter().map(|&v| v as f64).collect())
-        .collect();
+    let mut x: Vec<Vec<f64>> = soft.chunks(d).map(|r| r.to_vec()).collect();
     x.extend(
         ids.iter()
             .map(|&t| emb[t as usize * d..(t as usize + 1) * d].to_vec()),
@@ -136,12 +153,12 @@ pub fn reference_logits(
         // keys/values per kv head: prefix slots first, then this sequence's rows
         let mut keys = vec![Vec::<Vec<f64>>::new(); nkv];
         let mut vals = vec![Vec::<Vec<f64>>::new(); nkv];
-        if let Some(pf) = prefix {
+        if let Some((_, pk, pv)) = prefix {
             for gi in 0..nkv {
                 for t in 0..p {
                     let o = ((l * nkv + gi) * p + t) * hd;
-                    keys[gi].push(pf.k[o..o + hd].iter().map(|&v| v as f64).collect());
-                    vals[gi].push(pf.v[o..o + hd].iter().map(|&v| v as f64).collect());
+                    keys[gi].push(pk[o..o + hd].to_vec());
+                    vals[gi].push(pv[o..o + hd].to_vec());
                 }
             }
         }

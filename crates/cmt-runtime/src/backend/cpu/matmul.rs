@@ -125,6 +125,63 @@ fn packed(
     }
 }
 
+/// out[m, k] (+)= dy[m, n] · w[n, k]: the input gradient of `matmul_nt` (w not transposed).
+/// With `accumulate`, adds to what `out` holds.
+pub fn matmul_nn(
+    dy: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) {
+    assert!(
+        dy.len() >= m * n && w.len() >= n * k && out.len() >= m * k,
+        "matmul_nn: buffers too small"
+    );
+    if m == 0 || k == 0 {
+        return;
+    }
+    if n == 0 {
+        if !accumulate {
+            out[..m * k].fill(0.0);
+        }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: dst is [m, k] row-major (col stride 1, row stride k); lhs = dy [m, n]
+    // row-major; rhs = w [n, k] row-major. Sizes were checked above; dst aliases neither.
+    unsafe {
+        gemm::gemm(
+            m,
+            k,
+            n,
+            out.as_mut_ptr(),
+            1,
+            k as isize,
+            accumulate,
+            dy.as_ptr(),
+            1,
+            n as isize,
+            w.as_ptr(),
+            1,
+            k as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
 /// The plain triple loop, in f64: the reference the fast paths are tested against.
 #[cfg(test)]
 pub fn matmul_nt_slow(
@@ -152,6 +209,26 @@ pub fn matmul_nt_slow(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn matmul_nn_matches_triple_loop(m in 1usize..40, n in 1usize..50, k in 1usize..60, acc: bool) {
+            let gen = |len: usize, s: usize| -> Vec<f32> { (0..len).map(|i| ((i * 7919 + s * 31) % 200) as f32 / 100.0 - 1.0).collect() };
+            let (dy, w, init) = (gen(m * n, 1), gen(n * k, 2), gen(m * k, 3));
+            let mut out = init.clone();
+            matmul_nn(&dy, &w, &mut out, m, n, k, acc);
+            for i in 0..m {
+                for j in 0..k {
+                    let mut r: f64 = if acc { init[i * k + j] as f64 } else { 0.0 };
+                    for t in 0..n {
+                        r += dy[i * n + t] as f64 * w[t * k + j] as f64;
+                    }
+                    prop_assert!((out[i * k + j] as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()));
+                }
+            }
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
