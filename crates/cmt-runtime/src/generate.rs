@@ -165,17 +165,21 @@ pub fn generate<B: Backend>(
             let id = next[s];
             !opts.stop_tokens.contains(&id) && out[s].len() < opts.max_new_tokens
         });
-        let mut still = Vec::with_capacity(active.len());
-        for &s in &active {
+        // Emit each surviving token; keep the sequences that may go on (in place: the
+        // decode loop allocates nothing per token).
+        let mut keep = 0;
+        for i in 0..active.len() {
+            let s = active[i];
             out[s].push(next[s]);
             if on_token(s, next[s])?
                 && out[s].len() < opts.max_new_tokens
                 && sess.len(s) < sess.capacity
             {
-                still.push(s);
+                active[keep] = s;
+                keep += 1;
             }
         }
-        active = still;
+        active.truncate(keep);
         if active.is_empty() {
             break;
         }

@@ -38,8 +38,7 @@ pub(super) fn model_config(f: &GgufFile) -> Result<ModelConfig> {
     };
     let hidden = need("embedding_length")?;
     let heads = need("attention.head_count")?;
-    let head_dim =
-        uint("attention.key_length")?.unwrap_or(hidden.checked_div(heads).unwrap_or(0));
+    let head_dim = uint("attention.key_length")?.unwrap_or(hidden.checked_div(heads).unwrap_or(0));
     if let Some(rot) = uint("rope.dimension_count")? {
         if rot != head_dim {
             return Err(Error::config(

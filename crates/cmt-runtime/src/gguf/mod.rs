@@ -6,6 +6,7 @@
 //! allocation.
 mod config;
 mod quant;
+mod quant_k;
 mod reader;
 mod tokenizer;
 

@@ -9,7 +9,12 @@ pub enum GgmlType {
     BF16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
 impl GgmlType {
@@ -19,7 +24,12 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
+            12 => GgmlType::Q4K,
+            13 => GgmlType::Q5K,
+            14 => GgmlType::Q6K,
             30 => GgmlType::BF16,
             _ => return None,
         })
@@ -31,7 +41,12 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
+            GgmlType::Q4K => 12,
+            GgmlType::Q5K => 13,
+            GgmlType::Q6K => 14,
             GgmlType::BF16 => 30,
         }
     }
@@ -43,7 +58,12 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::BF16 => (1, 2),
             GgmlType::Q4_0 => (32, 2 + 16),
             GgmlType::Q4_1 => (32, 2 + 2 + 16),
+            GgmlType::Q5_0 => (32, 2 + 4 + 16),
+            GgmlType::Q5_1 => (32, 2 + 2 + 4 + 16),
             GgmlType::Q8_0 => (32, 2 + 32),
+            GgmlType::Q4K => (256, 2 + 2 + 12 + 128),
+            GgmlType::Q5K => (256, 2 + 2 + 12 + 32 + 128),
+            GgmlType::Q6K => (256, 128 + 64 + 16 + 2),
         }
     }
 
@@ -54,7 +74,7 @@ impl GgmlType {
     }
 }
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
@@ -104,6 +124,30 @@ fn dequantize_blocks(ty: GgmlType, src: &[u8], out: &mut [f32]) {
                     o[j + 16] = (q >> 4) as f32 * d + m;
                 }
             }
+            GgmlType::Q5_0 => {
+                let d = f16_at(b, 0);
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                for (j, &q) in b[6..22].iter().enumerate() {
+                    let h0 = ((qh >> j) << 4) & 0x10;
+                    let h1 = (qh >> (j + 12)) & 0x10;
+                    o[j] = (((q & 0x0f) as u32 | h0) as i32 - 16) as f32 * d;
+                    o[j + 16] = (((q >> 4) as u32 | h1) as i32 - 16) as f32 * d;
+                }
+            }
+            GgmlType::Q5_1 => {
+                let d = f16_at(b, 0);
+                let m = f16_at(b, 2);
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                for (j, &q) in b[8..24].iter().enumerate() {
+                    let h0 = ((qh >> j) << 4) & 0x10;
+                    let h1 = (qh >> (j + 12)) & 0x10;
+                    o[j] = ((q & 0x0f) as u32 | h0) as f32 * d + m;
+                    o[j + 16] = ((q >> 4) as u32 | h1) as f32 * d + m;
+                }
+            }
+            GgmlType::Q4K => super::quant_k::q4_k(b, o),
+            GgmlType::Q5K => super::quant_k::q5_k(b, o),
+            GgmlType::Q6K => super::quant_k::q6_k(b, o),
         }
     }
 }
