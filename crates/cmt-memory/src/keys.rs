@@ -1,0 +1,174 @@
+//! The key matrix the scan reads: all keys of a bank (or of one shard) in RAM, in panels of
+//! 16 keys, plus their ids and a live bit each.
+//!
+//! Panel layout: keys are grouped in blocks of 16 consecutive rows; block `b` is `r` vectors
+//! of 16 lanes, vector `j` holding dimension `j` of rows `16b … 16b+15`. One 64-byte load
+//! thus gives one dimension of 16 keys, and the dot products of a query with 16 keys are 16
+//! lanes of one accumulator (`acc += broadcast(q[j]) · panel[j]`), with no horizontal sums
+//! and no transposes in the scan. Rows past the last key in the final block are zero and
+//! not live. Blocks are 64-byte aligned.
+use crate::error::{Error, Result};
+
+pub const LANES: usize = 16;
+
+/// One dimension of 16 keys.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Lanes(pub [f32; LANES]);
+
+#[derive(Clone, Debug)]
+pub struct KeyMatrix {
+    r: usize,
+    n: usize,
+    /// `blocks() * r` vectors.
+    panels: Vec<Lanes>,
+    ids: Vec<u64>,
+    live: Vec<u64>,
+    live_count: usize,
+}
+
+impl KeyMatrix {
+    pub fn new(r: usize) -> Self {
+        Self::with_capacity(r, 0)
+    }
+
+    pub fn with_capacity(r: usize, n: usize) -> Self {
+        KeyMatrix {
+            r,
+            n: 0,
+            panels: Vec::with_capacity(n.div_ceil(LANES) * r),
+            ids: Vec::with_capacity(n),
+            live: Vec::with_capacity(n.div_ceil(64)),
+            live_count: 0,
+        }
+    }
+
+    /// Key width.
+    pub fn r(&self) -> usize {
+        self.r
+    }
+    /// Rows, live or deleted.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+    pub fn live_count(&self) -> usize {
+        self.live_count
+    }
+    /// Ids by row, strictly increasing.
+    pub fn ids(&self) -> &[u64] {
+        &self.ids
+    }
+    pub(crate) fn blocks(&self) -> usize {
+        self.n.div_ceil(LANES)
+    }
+    pub(crate) fn block(&self, b: usize) -> &[Lanes] {
+        &self.panels[b * self.r..(b + 1) * self.r]
+    }
+    pub(crate) fn panels(&self) -> &[Lanes] {
+        &self.panels
+    }
+
+    #[inline]
+    pub fn is_live(&self, row: usize) -> bool {
+        row < self.n && self.live[row / 64] >> (row % 64) & 1 == 1
+    }
+
+    /// The row of `id`, if present (live or not).
+    pub fn row_of(&self, id: u64) -> Option<usize> {
+        self.ids.binary_search(&id).ok()
+    }
+
+    /// Appends a live key. Ids must be strictly increasing and keys finite.
+    pub fn push(&mut self, id: u64, key: &[f32]) -> Result<()> {
+        if key.len() != self.r {
+            return Err(Error::Invalid(format!(
+                "key of length {}, the bank's key width r is {}",
+                key.len(),
+                self.r
+            )));
+        }
+        if let Some(&last) = self.ids.last() {
+            if id <= last {
+                return Err(Error::Invalid(format!(
+                    "key id {id} is not greater than the previous id {last}"
+                )));
+            }
+        }
+        if let Some(i) = key.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "key of id {id}: element {i} is not finite"
+            )));
+        }
+        let row = self.n;
+        if row.is_multiple_of(LANES) {
+            self.panels
+                .resize(self.panels.len() + self.r, Lanes::default());
+        }
+        let base = (row / LANES) * self.r;
+        for (j, &x) in key.iter().enumerate() {
+            self.panels[base + j].0[row % LANES] = x;
+        }
+        if row.is_multiple_of(64) {
+            self.live.push(0);
+        }
+        self.live[row / 64] |= 1 << (row % 64);
+        self.live_count += 1;
+        self.ids.push(id);
+        self.n += 1;
+        Ok(())
+    }
+
+    /// Marks `id` deleted; false if it is absent or already deleted.
+    pub fn remove(&mut self, id: u64) -> bool {
+        match self.row_of(id) {
+            Some(row) if self.is_live(row) => {
+                self.live[row / 64] &= !(1 << (row % 64));
+                self.live_count -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Copies the key of `row` into `out` (length r).
+    pub fn key_into(&self, row: usize, out: &mut [f32]) {
+        let base = (row / LANES) * self.r;
+        for (j, o) in out.iter_mut().enumerate().take(self.r) {
+            *o = self.panels[base + j].0[row % LANES];
+        }
+    }
+
+    /// The key of `row` as a new vector.
+    pub fn key(&self, row: usize) -> Vec<f32> {
+        let mut v = vec![0.0; self.r];
+        self.key_into(row, &mut v);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_remove_and_read_back() {
+        let mut m = KeyMatrix::new(3);
+        for i in 0..40u64 {
+            let k = [i as f32, -(i as f32), 0.5];
+            m.push(i * 2 + 1, &k).unwrap();
+        }
+        assert_eq!(m.blocks(), 3);
+        assert_eq!(m.key(17), vec![17.0, -17.0, 0.5]);
+        assert!(m.remove(35));
+        assert!(!m.remove(35));
+        assert!(!m.remove(36));
+        assert_eq!(m.live_count(), 39);
+        assert!(!m.is_live(17) && m.is_live(16) && !m.is_live(40));
+        assert!(m.push(79, &[0.0; 3]).is_err());
+        assert!(m.push(100, &[f32::NAN, 0.0, 0.0]).is_err());
+        assert!(m.push(100, &[0.0; 2]).is_err());
+    }
+}

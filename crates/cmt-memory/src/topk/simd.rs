@@ -1,0 +1,200 @@
+//! The scan kernels: dot products of a group of questions with blocks of 16 keys (panel
+//! layout, see `keys`), filtered against each question's running k-th best score.
+//!
+//! Every kernel computes the raw score of a (question, key) pair the same way, so results are
+//! bitwise identical whatever the kernel, the tile shape, the thread split or the shard:
+//! `s = fma(q[r-1], k[r-1], … fma(q[1], k[1], fma(q[0], k[0], 0)))` in f32, dimension by
+//! dimension in increasing order. The brute-force reference (`slow`) uses the same fold.
+//!
+//! AVX-512F is chosen at run time; the portable kernel (written with `f32::mul_add` so it
+//! gives the same bits) is compiled twice, plain and under AVX2+FMA.
+use super::heap::TopKHeap;
+use super::Candidate;
+use crate::keys::{KeyMatrix, LANES};
+
+/// Which scan kernel to run. `Auto` is the default; `Portable` is for tests and comparisons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Kernel {
+    #[default]
+    Auto,
+    Portable,
+}
+
+/// Scans blocks `b0..b1` of `keys` for questions `qs` (nq × r, row-major), offering every
+/// live key whose score reaches a question's threshold to that question's heap.
+pub(crate) fn scan_blocks(
+    keys: &KeyMatrix,
+    b0: usize,
+    b1: usize,
+    qs: &[f32],
+    heaps: &mut [TopKHeap],
+    kernel: Kernel,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if kernel == Kernel::Auto && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { avx512::scan(keys, b0, b1, qs, heaps) };
+        }
+        if kernel == Kernel::Auto
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { scan_avx2(keys, b0, b1, qs, heaps) };
+        }
+    }
+    scan_portable(keys, b0, b1, qs, heaps)
+}
+
+/// Offers lanes of `scores` (block `b`) that reach the threshold to `heap`.
+#[inline(always)]
+fn offer(keys: &KeyMatrix, b: usize, scores: &[f32; LANES], heap: &mut TopKHeap) {
+    let ids = keys.ids();
+    for (lane, &s) in scores.iter().enumerate() {
+        let row = b * LANES + lane;
+        if s >= heap.threshold() && keys.is_live(row) {
+            heap.push(Candidate {
+                score: s,
+                id: ids[row],
+            });
+        }
+    }
+}
+
+#[inline(always)]
+fn scan_portable(keys: &KeyMatrix, b0: usize, b1: usize, qs: &[f32], heaps: &mut [TopKHeap]) {
+    let r = keys.r();
+    for b in b0..b1 {
+        let block = keys.block(b);
+        for (q, heap) in qs.chunks_exact(r).zip(heaps.iter_mut()) {
+            let mut acc = [0.0f32; LANES];
+            for (qj, kj) in q.iter().zip(block) {
+                for (a, &k) in acc.iter_mut().zip(&kj.0) {
+                    *a = qj.mul_add(k, *a);
+                }
+            }
+            offer(keys, b, &acc, heap);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scan_avx2(keys: &KeyMatrix, b0: usize, b1: usize, qs: &[f32], heaps: &mut [TopKHeap]) {
+    scan_portable(keys, b0, b1, qs, heaps)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{offer, TopKHeap, LANES};
+    use crate::keys::KeyMatrix;
+    use std::arch::x86_64::*;
+
+    /// Blocks per tile and questions per group: one question streams 8 blocks (8 independent
+    /// accumulator chains, 8 loads in flight); groups of questions use 2 blocks × 12
+    /// questions = 24 accumulators, 2 key loads and 12 broadcasts per 24 FMAs.
+    pub(super) unsafe fn scan(
+        keys: &KeyMatrix,
+        b0: usize,
+        b1: usize,
+        qs: &[f32],
+        heaps: &mut [TopKHeap],
+    ) {
+        let r = keys.r();
+        let nq = heaps.len();
+        if nq == 1 {
+            return tiles::<8, 1>(keys, b0, b1, qs, heaps);
+        }
+        // Key tile outer, question groups inner: a tile (2 blocks, 8 KiB at r=128) stays in
+        // L1 while every group of questions passes over it.
+        const NB: usize = 2;
+        let mut b = b0;
+        while b < b1 {
+            let bn = (b + NB).min(b1);
+            let mut q0 = 0;
+            while q0 < nq {
+                let g = (nq - q0).min(12);
+                let qg = &qs[q0 * r..(q0 + g) * r];
+                let hg = &mut heaps[q0..q0 + g];
+                match g {
+                    12 => tiles::<NB, 12>(keys, b, bn, qg, hg),
+                    11 => tiles::<NB, 11>(keys, b, bn, qg, hg),
+                    10 => tiles::<NB, 10>(keys, b, bn, qg, hg),
+                    9 => tiles::<NB, 9>(keys, b, bn, qg, hg),
+                    8 => tiles::<NB, 8>(keys, b, bn, qg, hg),
+                    7 => tiles::<NB, 7>(keys, b, bn, qg, hg),
+                    6 => tiles::<NB, 6>(keys, b, bn, qg, hg),
+                    5 => tiles::<NB, 5>(keys, b, bn, qg, hg),
+                    4 => tiles::<NB, 4>(keys, b, bn, qg, hg),
+                    3 => tiles::<NB, 3>(keys, b, bn, qg, hg),
+                    2 => tiles::<NB, 2>(keys, b, bn, qg, hg),
+                    _ => tiles::<NB, 1>(keys, b, bn, qg, hg),
+                }
+                q0 += g;
+            }
+            b = bn;
+        }
+    }
+
+    /// Blocks `b0..b1` against `NQ` questions, `NB` blocks at a time (then one at a time).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tiles<const NB: usize, const NQ: usize>(
+        keys: &KeyMatrix,
+        b0: usize,
+        b1: usize,
+        qs: &[f32],
+        heaps: &mut [TopKHeap],
+    ) {
+        let mut b = b0;
+        while b + NB <= b1 {
+            tile::<NB, NQ>(keys, b, qs, heaps);
+            b += NB;
+        }
+        while b < b1 {
+            tile::<1, NQ>(keys, b, qs, heaps);
+            b += 1;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile<const NB: usize, const NQ: usize>(
+        keys: &KeyMatrix,
+        b: usize,
+        qs: &[f32],
+        heaps: &mut [TopKHeap],
+    ) {
+        let r = keys.r();
+        assert!(qs.len() >= NQ * r && heaps.len() >= NQ && (b + NB) * r <= keys.panels().len());
+        let panel = keys.panels().as_ptr().add(b * r) as *const f32;
+        let q = qs.as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); NB]; NQ];
+        for j in 0..r {
+            let mut kv = [_mm512_setzero_ps(); NB];
+            for (i, kv) in kv.iter_mut().enumerate() {
+                // SAFETY: block b+i < b+NB holds r vectors of 16 f32 (asserted above), and
+                // `Lanes` is 64-byte aligned.
+                *kv = _mm512_load_ps(panel.add((i * r + j) * LANES));
+            }
+            for (qi, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: qi < NQ and j < r, inside qs (asserted above).
+                let qb = _mm512_set1_ps(*q.add(qi * r + j));
+                for i in 0..NB {
+                    acc[i] = _mm512_fmadd_ps(qb, kv[i], acc[i]);
+                }
+            }
+        }
+        for (qi, acc) in acc.iter().enumerate() {
+            let heap = &mut heaps[qi];
+            for (i, &a) in acc.iter().enumerate() {
+                let thr = _mm512_set1_ps(heap.threshold());
+                if _mm512_cmp_ps_mask::<_CMP_GE_OQ>(a, thr) != 0 {
+                    let mut s = [0.0f32; LANES];
+                    _mm512_storeu_ps(s.as_mut_ptr(), a);
+                    offer(keys, b + i, &s, heap);
+                }
+            }
+        }
+    }
+}
