@@ -2,8 +2,9 @@
 use super::model_arg;
 use anyhow::{Context, Result};
 use clap::Args;
+use cmt_runtime::device::DeviceChoice;
 use cmt_runtime::tokenizer::StreamDecoder;
-use cmt_runtime::{CpuBackend, GenerateOptions};
+use cmt_runtime::GenerateOptions;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -41,9 +42,10 @@ pub struct ScoreArgs {
     text: String,
 }
 
-pub fn generate(a: GenerateArgs) -> Result<()> {
+pub fn generate(a: GenerateArgs, device: DeviceChoice) -> Result<()> {
+    let backend = super::device::model_backend(device)?;
     let path = model_arg::resolve(a.model)?;
-    let (model, tok) = cmt_runtime::load_model(&path, CpuBackend)
+    let (model, tok) = cmt_runtime::load_model(&path, backend)
         .with_context(|| format!("loading {}", path.display()))?;
     let prompt = tok.encode(&a.prompt, true)?;
     if prompt.is_empty() {
@@ -90,9 +92,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn score(a: ScoreArgs) -> Result<()> {
+pub fn score(a: ScoreArgs, device: DeviceChoice) -> Result<()> {
+    let backend = super::device::model_backend(device)?;
     let path = model_arg::resolve(a.model)?;
-    let (model, tok) = cmt_runtime::load_model(&path, CpuBackend)
+    let (model, tok) = cmt_runtime::load_model(&path, backend)
         .with_context(|| format!("loading {}", path.display()))?;
     let ids = tok.encode(&a.text, false)?;
     if ids.len() < 2 {

@@ -1,4 +1,5 @@
 //! Argument parsing and the subcommands.
+mod device;
 mod generate;
 mod model_arg;
 
@@ -23,6 +24,10 @@ struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Where the model runs: cpu, cuda[:N], or auto (CUDA if it can run the model, else the
+    /// CPU with a one-line note on stderr). Default cpu while the CUDA model path is missing.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: cmt_runtime::device::DeviceChoice,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -62,8 +67,8 @@ pub fn run() -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        Command::Generate(a) => generate::generate(a),
-        Command::Score(a) => generate::score(a),
+        Command::Generate(a) => generate::generate(a, cli.device),
+        Command::Score(a) => generate::score(a, cli.device),
         Command::Convert { gguf, out_dir } => {
             eprintln!("converting {} -> {}", gguf.display(), out_dir.display());
             cmt_runtime::convert::gguf_to_hf(&gguf, &out_dir)?;

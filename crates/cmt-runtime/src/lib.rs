@@ -5,6 +5,8 @@ pub mod backend;
 pub mod batch;
 pub mod config;
 pub mod convert;
+pub mod cuda;
+pub mod device;
 pub mod error;
 pub mod fetch;
 pub mod generate;

@@ -1,0 +1,125 @@
+//! The CPU emulator of kernels/*.cu (see emu/cmt_emu.h for what it models and what not).
+use crate::exec::{CheckError, Exec};
+use cmt_runtime::cuda::Launch;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::ptr::NonNull;
+
+extern "C" {
+    fn cmt_emu_launch(
+        name: *const c_char,
+        grid: *const c_uint,
+        block: *const c_uint,
+        args: *mut *mut c_void,
+    ) -> c_int;
+    fn cmt_emu_kernel_count() -> c_int;
+    fn cmt_emu_kernel_name(i: c_int) -> *const c_char;
+}
+
+/// Whether the build found the real cuda_bf16.h (else the shim header).
+pub const REAL_HEADERS: bool = cfg!(cmt_emu_real_headers);
+
+/// Entry points the emulator knows, sorted.
+pub fn kernel_names() -> Vec<String> {
+    // SAFETY: the registry is filled by static constructors before main and never changes;
+    // names are NUL-terminated strings owned by it for the life of the process.
+    unsafe {
+        (0..cmt_emu_kernel_count())
+            .map(|i| {
+                CStr::from_ptr(cmt_emu_kernel_name(i))
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+}
+
+/// A host allocation written by emulated kernels through raw pointers (never through a
+/// Rust reference while a launch runs). 8-byte aligned like device memory needs.
+pub struct HostBuf {
+    ptr: NonNull<u64>,
+    words: usize,
+    bytes: usize,
+}
+
+// SAFETY: plain owned memory; access is serialized by the executor (launch runs to completion).
+unsafe impl Send for HostBuf {}
+
+impl Drop for HostBuf {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`words` come from the boxed slice leaked in `upload`.
+        drop(unsafe {
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.ptr.as_ptr(),
+                self.words,
+            ))
+        });
+    }
+}
+
+pub struct Emu;
+
+impl Exec for Emu {
+    type Buf = HostBuf;
+    fn upload(&self, bytes: &[u8]) -> Result<HostBuf, CheckError> {
+        let words = bytes.len().div_ceil(8).max(1);
+        let raw = Box::into_raw(vec![0u64; words].into_boxed_slice()) as *mut u64;
+        // SAFETY: `raw` is a fresh allocation of `words * 8 >= bytes.len()` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), raw as *mut u8, bytes.len()) };
+        let ptr = NonNull::new(raw).ok_or_else(|| CheckError::Emu("null allocation".into()))?;
+        Ok(HostBuf {
+            ptr,
+            words,
+            bytes: bytes.len(),
+        })
+    }
+    fn download(&self, buf: &HostBuf) -> Result<Vec<u8>, CheckError> {
+        let mut out = vec![0u8; buf.bytes];
+        // SAFETY: `buf` owns `bytes` readable bytes; no launch is running (launch is synchronous).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                buf.ptr.as_ptr() as *const u8,
+                out.as_mut_ptr(),
+                buf.bytes,
+            )
+        };
+        Ok(out)
+    }
+    fn ptr(&self, buf: &HostBuf) -> u64 {
+        buf.ptr.as_ptr() as u64
+    }
+    unsafe fn launch(&self, l: &Launch) -> Result<(), CheckError> {
+        if l.is_empty() {
+            return Ok(());
+        }
+        let name = CString::new(l.entry.as_str())
+            .map_err(|_| CheckError::Emu("NUL in kernel name".into()))?;
+        let mut slots = l.arg_slots();
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: `params` has one pointer per kernel parameter to an 8-byte slot holding the
+        // value in its low bytes, as the trampoline reads them; slots outlive the call, which
+        // returns after every emulated thread has joined. Pointer arguments are the caller's
+        // contract (buffers of this executor, large enough).
+        let rc = unsafe {
+            cmt_emu_launch(
+                name.as_ptr(),
+                l.grid.as_ptr(),
+                l.block.as_ptr(),
+                params.as_mut_ptr(),
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            1 => Err(CheckError::Emu(format!(
+                "no emulated kernel `{}` (is it wrapped in CMT_EMU_EXPORT?)",
+                l.entry
+            ))),
+            _ => Err(CheckError::Emu(format!(
+                "{}: block {:?} is not 1..=1024 threads",
+                l.entry, l.block
+            ))),
+        }
+    }
+}

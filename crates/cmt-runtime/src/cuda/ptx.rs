@@ -1,0 +1,24 @@
+//! The committed PTX (kernels/ptx), embedded at compile time. The root build.rs refuses to
+//! build when it is stale against kernels/*.cu; a test in cmt-kernel-check checks that this
+//! list matches kernels/ptx/manifest.json.
+macro_rules! ptx {
+    ($($name:literal),* $(,)?) => {
+        /// (module, PTX text) for every kernels/*.cu.
+        pub const MODULES: &[(&str, &str)] = &[
+            $(($name, include_str!(concat!("../../../../kernels/ptx/", $name, ".ptx")))),*
+        ];
+    };
+}
+
+ptx!(
+    "cross_entropy",
+    "embedding",
+    "residual",
+    "rmsnorm",
+    "rope",
+    "swiglu"
+);
+
+pub fn source(module: &str) -> Option<&'static str> {
+    MODULES.iter().find(|(m, _)| *m == module).map(|(_, s)| *s)
+}
