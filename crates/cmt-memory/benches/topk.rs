@@ -6,13 +6,15 @@
 //!   loop, so the pipe is not timed). The script runs from a venv at
 //!   `$CMT_HOME/bench/faiss-venv` (default `~/.cache/cmt/bench/faiss-venv`), created with
 //!   `pip install faiss-cpu numpy` when missing; without Python or network faiss is skipped.
-//! - a plain memory-read baseline: summing a 512 MB f32 array with the same 2 threads
-//!   (AVX-512 loads, 8 accumulators) — the floor the single-question scan can approach.
+//! - a plain memory-read baseline: summing the same 512 MB of keys (copied to 64-byte
+//!   aligned memory) with the same 2 threads (AVX-512 aligned loads, 8 accumulators) — the
+//!   floor the single-question scan can approach.
 //!
 //! Rows: `cmt_scan/q1`, `cmt_scan/q32` (ids + raw scores: what faiss returns),
 //! `cmt_search/q1` (scan + softmax + weighted sum of 16 bf16 memories of 16×576),
 //! `faiss/q1`, `faiss/q32`, `read_512MB`. After criterion, a summary of medians over 15
 //! runs each prints the ratios (cmt vs faiss, scan vs read bandwidth).
+//! `CMT_BENCH_NO_FAISS=1` leaves faiss out.
 //!
 //! Run: `cargo bench -p cmt-memory --bench topk`.
 use cmt_memory::topk::{self, MemorySource};
@@ -65,12 +67,23 @@ impl MemorySource for Pool {
     }
 }
 
+/// 16 f32 on a cache line.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([f32; 16]);
+
 /// Σ of a large array with the rayon pool: the memory-read baseline.
-fn read_sum(v: &[f32]) -> f32 {
+fn read_sum(v: &[Line]) -> f32 {
     use rayon::prelude::*;
     v.par_chunks(v.len().div_ceil(THREADS * 8))
-        .map(sum_chunk)
+        .map(|c| sum_chunk(flat(c)))
         .sum()
+}
+
+fn flat(v: &[Line]) -> &[f32] {
+    // SAFETY: `Line` is 16 f32 without padding (repr(C), 64 bytes), so `v` is v.len()·16
+    // initialised, 64-byte aligned f32.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len() * 16) }
 }
 
 fn sum_chunk(v: &[f32]) -> f32 {
@@ -98,10 +111,11 @@ unsafe fn sum_avx512(v: &[f32]) -> f32 {
     let p = v.as_ptr();
     let mut acc = [_mm512_setzero_ps(); 8];
     let mut i = 0;
-    // SAFETY: i + 128 <= len for every load in the loop.
+    // SAFETY: i + 128 <= len for every load in the loop; `v` comes from `Line`s, so every
+    // load is 64-byte aligned.
     while i + 128 <= v.len() {
         for (u, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_add_ps(*a, _mm512_loadu_ps(p.add(i + 16 * u)));
+            *a = _mm512_add_ps(*a, _mm512_load_ps(p.add(i + 16 * u)));
         }
         i += 128;
     }
@@ -252,6 +266,15 @@ fn main() {
     for (i, k) in rows.chunks_exact(R).enumerate() {
         km.push(i as u64, k).expect("push");
     }
+    // The read baseline sums the same 512 MB of keys, copied to 64-byte aligned lines.
+    let lines: Vec<Line> = rows
+        .chunks_exact(16)
+        .map(|c| {
+            let mut l = Line([0.0; 16]);
+            l.0.copy_from_slice(c);
+            l
+        })
+        .collect();
     let q32 = rng.unit_vectors(32);
     let q1 = &q32[..R];
     let mems = Pool(
@@ -263,7 +286,12 @@ fn main() {
             })
             .collect(),
     );
-    let mut faiss = match Faiss::start(&rows) {
+    let faiss = if std::env::var_os("CMT_BENCH_NO_FAISS").is_some() {
+        Err("CMT_BENCH_NO_FAISS is set".to_string())
+    } else {
+        Faiss::start(&rows)
+    };
+    let mut faiss = match faiss {
         Ok(f) => {
             eprintln!("faiss {} ready", f.version);
             Some(f)
@@ -298,7 +326,7 @@ fn main() {
             g.bench_function("faiss/q32", |b| b.iter_custom(|n| f.search(&q32, n).0));
         }
         g.bench_function("read_512MB", |b| {
-            b.iter(|| black_box(pool.install(|| read_sum(&rows))))
+            b.iter(|| black_box(pool.install(|| read_sum(&lines))))
         });
         g.finish();
     }
@@ -308,7 +336,7 @@ fn main() {
     let s1 = median(|| timed(|| drop(black_box(scan(q1)))), RUNS);
     let s32 = median(|| timed(|| drop(black_box(scan(&q32)))), RUNS);
     let rd = median(
-        || timed(|| _ = black_box(pool.install(|| read_sum(&rows)))),
+        || timed(|| _ = black_box(pool.install(|| read_sum(&lines)))),
         RUNS,
     );
     let gbs = |t: f64| BYTES as f64 / t / 1e9;

@@ -1,15 +1,19 @@
 //! The key matrix the scan reads: all keys of a bank (or of one shard) in RAM, in panels of
 //! 16 keys, plus their ids and a live bit each.
 //!
-//! Panel layout: keys are grouped in blocks of 16 consecutive rows; block `b` is `r` vectors
-//! of 16 lanes, vector `j` holding dimension `j` of rows `16b … 16b+15`. One 64-byte load
-//! thus gives one dimension of 16 keys, and the dot products of a query with 16 keys are 16
-//! lanes of one accumulator (`acc += broadcast(q[j]) · panel[j]`), with no horizontal sums
-//! and no transposes in the scan. Rows past the last key in the final block are zero and
-//! not live. Blocks are 64-byte aligned.
+//! Panel layout: keys are grouped in blocks of 16 consecutive rows, and blocks in groups of
+//! 8 (128 rows). Vector (b, j) — 16 lanes holding dimension `j` of rows `16b … 16b+15` —
+//! lies at index `(b / 8)·8r + 8j + b % 8`. One 64-byte load thus gives one dimension of 16
+//! keys, and the dot products of a query with 16 keys are 16 lanes of one accumulator
+//! (`acc += broadcast(q[j]) · vector(b, j)`): no horizontal sums, no transposes. A scan of
+//! the 8 blocks of a group for one question reads the group's 8r vectors in address order,
+//! one sequential stream like a plain memory read. Rows past the last key are zero and not
+//! live. Vectors are 64-byte aligned.
 use crate::error::{Error, Result};
 
 pub const LANES: usize = 16;
+/// Blocks per group (see the module docs).
+pub(crate) const GROUP: usize = 8;
 
 /// One dimension of 16 keys.
 #[repr(C, align(64))]
@@ -20,7 +24,7 @@ pub(crate) struct Lanes(pub [f32; LANES]);
 pub struct KeyMatrix {
     r: usize,
     n: usize,
-    /// `blocks() * r` vectors.
+    /// Whole groups: `blocks().div_ceil(GROUP) * GROUP * r` vectors.
     panels: Vec<Lanes>,
     ids: Vec<u64>,
     live: Vec<u64>,
@@ -36,7 +40,7 @@ impl KeyMatrix {
         KeyMatrix {
             r,
             n: 0,
-            panels: Vec::with_capacity(n.div_ceil(LANES) * r),
+            panels: Vec::with_capacity(n.div_ceil(LANES * GROUP) * GROUP * r),
             ids: Vec::with_capacity(n),
             live: Vec::with_capacity(n.div_ceil(64)),
             live_count: 0,
@@ -64,8 +68,11 @@ impl KeyMatrix {
     pub(crate) fn blocks(&self) -> usize {
         self.n.div_ceil(LANES)
     }
-    pub(crate) fn block(&self, b: usize) -> &[Lanes] {
-        &self.panels[b * self.r..(b + 1) * self.r]
+    /// Index in `panels()` of vector (block `b`, dimension `j`); vector (b+i, j) follows at
+    /// +i while b+i stays in b's group.
+    #[inline(always)]
+    pub(crate) fn vec_index(&self, b: usize, j: usize) -> usize {
+        (b / GROUP) * GROUP * self.r + j * GROUP + b % GROUP
     }
     pub(crate) fn panels(&self) -> &[Lanes] {
         &self.panels
@@ -103,13 +110,13 @@ impl KeyMatrix {
             )));
         }
         let row = self.n;
-        if row.is_multiple_of(LANES) {
+        if row.is_multiple_of(LANES * GROUP) {
             self.panels
-                .resize(self.panels.len() + self.r, Lanes::default());
+                .resize(self.panels.len() + GROUP * self.r, Lanes::default());
         }
-        let base = (row / LANES) * self.r;
         for (j, &x) in key.iter().enumerate() {
-            self.panels[base + j].0[row % LANES] = x;
+            let v = self.vec_index(row / LANES, j);
+            self.panels[v].0[row % LANES] = x;
         }
         if row.is_multiple_of(64) {
             self.live.push(0);
@@ -135,9 +142,8 @@ impl KeyMatrix {
 
     /// Copies the key of `row` into `out` (length r).
     pub fn key_into(&self, row: usize, out: &mut [f32]) {
-        let base = (row / LANES) * self.r;
         for (j, o) in out.iter_mut().enumerate().take(self.r) {
-            *o = self.panels[base + j].0[row % LANES];
+            *o = self.panels[self.vec_index(row / LANES, j)].0[row % LANES];
         }
     }
 
@@ -161,7 +167,9 @@ mod tests {
             m.push(i * 2 + 1, &k).unwrap();
         }
         assert_eq!(m.blocks(), 3);
+        assert_eq!(m.panels().len(), GROUP * 3);
         assert_eq!(m.key(17), vec![17.0, -17.0, 0.5]);
+        assert_eq!(m.panels()[m.vec_index(1, 1)].0[1], -17.0);
         assert!(m.remove(35));
         assert!(!m.remove(35));
         assert!(!m.remove(36));

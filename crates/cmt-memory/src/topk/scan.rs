@@ -6,7 +6,7 @@ use super::heap::TopKHeap;
 use super::simd::{scan_blocks, Kernel};
 use super::{merge, Candidates, MAX_K};
 use crate::error::{Error, Result};
-use crate::keys::KeyMatrix;
+use crate::keys::{KeyMatrix, GROUP};
 use rayon::prelude::*;
 
 /// Checks the arguments shared by every search entry point; returns the number of questions.
@@ -55,11 +55,12 @@ pub fn scan_with(
     // least 64 blocks (1024 keys) so small banks are not split into crumbs.
     let threads = rayon::current_num_threads().max(1);
     let ranges = (threads * 4).min(blocks.div_ceil(64)).max(1);
-    let per = blocks.div_ceil(ranges);
+    // Whole groups of blocks per range, so the widest tiles apply everywhere.
+    let per = blocks.div_ceil(ranges).next_multiple_of(GROUP);
     let parts: Vec<Candidates> = (0..ranges)
         .into_par_iter()
         .map(|i| {
-            let (b0, b1) = (i * per, ((i + 1) * per).min(blocks));
+            let (b0, b1) = ((i * per).min(blocks), ((i + 1) * per).min(blocks));
             let mut heaps: Vec<TopKHeap> = (0..nq).map(|_| TopKHeap::new(k)).collect();
             if b0 < b1 {
                 scan_blocks(keys, b0, b1, queries, &mut heaps, kernel);
