@@ -224,7 +224,7 @@ impl<B: Backend> Model<B> {
         }
         be.rmsnorm(&s.x, &self.weights.final_norm, &mut s.xn, rows, cfg.rms_eps)?;
         capture(&s.xn)?;
-        if let Some(t) = tape.as_deref_mut() {
+        if let Some(t) = tape {
             save(&mut t.x_final, &s.x)?;
             save(&mut t.xn_final, &s.xn)?;
         }

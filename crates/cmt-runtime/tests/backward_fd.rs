@@ -128,10 +128,10 @@ proptest! {
         let want = batch_loss(&cfg, &w, &seqs);
         prop_assert!((loss - want).abs() <= 1e-4 * (1.0 + want.abs()), "loss {loss} vs {want}");
         let grads = m.backward(&sess, &tape).unwrap();
-        for si in 0..seqs.len() {
-            check(&format!("seq {si} prefix k"), &grads[si].prefix_k, &fd_grad(&cfg, &w, &mut seqs, si, 0));
-            check(&format!("seq {si} prefix v"), &grads[si].prefix_v, &fd_grad(&cfg, &w, &mut seqs, si, 1));
-            check(&format!("seq {si} soft"), &grads[si].soft, &fd_grad(&cfg, &w, &mut seqs, si, 2));
+        for (si, g) in grads.iter().enumerate() {
+            check(&format!("seq {si} prefix k"), &g.prefix_k, &fd_grad(&cfg, &w, &mut seqs, si, 0));
+            check(&format!("seq {si} prefix v"), &g.prefix_v, &fd_grad(&cfg, &w, &mut seqs, si, 1));
+            check(&format!("seq {si} soft"), &g.soft, &fd_grad(&cfg, &w, &mut seqs, si, 2));
         }
     }
 }
