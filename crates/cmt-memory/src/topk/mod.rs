@@ -19,6 +19,9 @@
 //! accumulating Σ w M while scanning would read memories of candidates that are later
 //! evicted. [`backward`] gives the gradients for training; [`slow`] is the brute-force
 //! reference.
+//!
+//! Keys are f32 only so far (bf16 keys would halve the scan's bytes), and the CUDA version
+//! of the kernel is not written yet (it waits for the kernel toolchain, DESIGN §3).
 pub(crate) mod axpy;
 pub mod backward;
 pub mod combine;
