@@ -8,7 +8,8 @@ fn cmt() -> Command {
 }
 
 fn fixtures() -> Option<serde_json::Value> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/smollm2-135m/smollm2_golden.json");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/smollm2-135m/smollm2_golden.json");
     let text = std::fs::read_to_string(p).ok()?;
     serde_json::from_str(&text).ok()
 }
@@ -32,14 +33,28 @@ fn generate_prints_exactly_the_greedy_continuation() {
     };
     for p in fx["prompts"].as_array().unwrap() {
         let out = cmt()
-            .args(["generate", "--threads", "2", "--max-new-tokens", "24", "--model"])
+            .args([
+                "generate",
+                "--threads",
+                "2",
+                "--max-new-tokens",
+                "24",
+                "--model",
+            ])
             .arg(&model)
             .arg("--prompt")
             .arg(p["text"].as_str().unwrap())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), p["greedy_text"].as_str().unwrap());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            p["greedy_text"].as_str().unwrap()
+        );
     }
 }
 
@@ -53,29 +68,60 @@ fn score_prints_the_mean_cross_entropy() {
     let text = "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in France. \
                 They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, under their leader Rollo, \
                 agreed to swear fealty to King Charles III of West Francia.";
-    let out = cmt().args(["score", "--model"]).arg(&model).args(["--text", text]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cmt()
+        .args(["score", "--model"])
+        .arg(&model)
+        .args(["--text", text])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = String::from_utf8(out.stdout).unwrap();
-    let loss: f64 = s.trim().parse().unwrap_or_else(|_| panic!("not a bare number: {s:?}"));
+    let loss: f64 = s
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a bare number: {s:?}"));
     assert!((loss - 2.755764).abs() < 1e-4, "{loss}");
 }
 
 #[test]
 fn bad_arguments_fail_with_a_clear_message() {
-    let out = cmt().args(["generate", "--model", "/nonexistent/model.gguf", "--prompt", "hi"]).output().unwrap();
+    let out = cmt()
+        .args([
+            "generate",
+            "--model",
+            "/nonexistent/model.gguf",
+            "--prompt",
+            "hi",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/model.gguf"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let out = cmt().args(["generate", "--threads", "0", "--prompt", "hi"]).output().unwrap();
+    let out = cmt()
+        .args(["generate", "--threads", "0", "--prompt", "hi"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
     let d = tempfile::tempdir().unwrap();
     let junk = d.path().join("junk.gguf");
     std::fs::write(&junk, b"GGUF\x03\x00\x00\x00\x01").unwrap();
-    let out = cmt().args(["score", "--text", "a b c", "--model"]).arg(&junk).output().unwrap();
+    let out = cmt()
+        .args(["score", "--text", "a b c", "--model"])
+        .arg(&junk)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("junk.gguf") && err.contains("offset"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("junk.gguf") && err.contains("offset"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -108,8 +108,9 @@ pub fn attention(
                 let inv = 1.0 / sum;
                 // SAFETY: (row, h) is unique to this task, so this hd-long block of `out` is
                 // written by no other thread; row < rows_total was checked above.
-                let o =
-                    unsafe { std::slice::from_raw_parts_mut(optr.get().add(row * qd + h * hd), hd) };
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(optr.get().add(row * qd + h * hd), hd)
+                };
                 o.fill(0.0);
                 for (t, &p) in scores.iter().enumerate() {
                     axpy(p * inv, &cv[base + t * hd..base + (t + 1) * hd], o);
