@@ -46,6 +46,13 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// damaged). `log` receives progress lines (for stderr).
 pub fn fetch_default_model(log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let dest = default_model_path();
+    let dir = dest.parent().expect("model path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // Several processes (parallel tests, two `cmt` commands) may fetch at once: one does
+    // the download while the others wait on this lock, then find the verified file.
+    let lock_path = dir.join(".fetch.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock().map_err(|e| Error::io(&lock_path, e))?;
     if dest.exists() {
         if sha256_file(&dest)? == DEFAULT_SHA256 {
             return Ok(dest);
@@ -55,8 +62,6 @@ pub fn fetch_default_model(log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             dest.display()
         ));
     }
-    let dir = dest.parent().expect("model path has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let dl = cmt_home().join("downloads");
     std::fs::create_dir_all(&dl).map_err(|e| Error::io(&dl, e))?;
     let python = find_python().ok_or_else(|| {
