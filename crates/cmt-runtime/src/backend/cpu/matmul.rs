@@ -74,6 +74,14 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 
+/// The `gemm` crate's threading: the current rayon pool (`--threads`), or none.
+fn gemm_parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
 fn packed(
     x: &[f32],
     w: &[f32],
@@ -91,12 +99,7 @@ fn packed(
     } else {
         false
     };
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = gemm_parallelism();
     // SAFETY: dst is [m, n] row-major (col stride 1, row stride n); lhs = x [m, k] row-major;
     // rhs = wᵀ, i.e. element (kk, j) at w[j·k + kk]: row stride 1, col stride k. All three
     // buffers were checked to be large enough in `matmul_nt`, and dst does not alias inputs.
@@ -149,12 +152,7 @@ pub fn matmul_nn(
         }
         return;
     }
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = gemm_parallelism();
     // SAFETY: dst is [m, k] row-major (col stride 1, row stride k); lhs = dy [m, n]
     // row-major; rhs = w [n, k] row-major. Sizes were checked above; dst aliases neither.
     unsafe {
