@@ -3,7 +3,6 @@
 mod common;
 use cmt_runtime::score::IGNORE;
 use cmt_runtime::train::{Tape, TrainSeq};
-use cmt_runtime::KvPrefix;
 use common::{require, Fixtures};
 
 /// ‖g − ref‖ / ‖ref‖ for each of `layers` equal slices.
@@ -23,15 +22,7 @@ fn rel_err_per_layer(got: &[f32], want: &[f32], layers: usize) -> Vec<f64> {
 fn kv_prefix_gradients_match_hf() {
     let fx = require!(Fixtures::load(), "../shared fixtures");
     let m = require!(common::default_model(), "default model");
-    let ids = fx.ids("kvprefix.ids");
-    let labels = fx.i32("kvprefix.labels");
-    let (k, kshape) = fx.f32("kvprefix.k");
-    let (v, _) = fx.f32("kvprefix.v");
-    let prefix = KvPrefix {
-        len: kshape[2],
-        k,
-        v,
-    };
+    let (prefix, ids, labels) = fx.kv_prefix_case();
     let mut sess = m.model.session(1, prefix.len + ids.len()).unwrap();
     let mut tape = Tape::default();
     let seq = TrainSeq {

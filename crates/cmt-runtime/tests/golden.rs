@@ -2,7 +2,7 @@
 //! `../shared/fixtures/smollm2-135m/`, produced by its `gen_golden.py`.
 mod common;
 use cmt_runtime::score::{sequence_loss, text_loss, IGNORE};
-use cmt_runtime::{GenerateOptions, KvPrefix, Logits, SeqInput};
+use cmt_runtime::{GenerateOptions, Logits, SeqInput};
 use common::{max_abs_diff, require, Fixtures};
 
 #[test]
@@ -145,12 +145,8 @@ fn perplexity_loss_matches() {
 fn kv_prefix_logits_and_loss_match() {
     let fx = require!(Fixtures::load(), "../shared fixtures");
     let m = require!(common::default_model(), "default model");
-    let ids = fx.ids("kvprefix.ids");
-    let labels = fx.i32("kvprefix.labels");
-    let (k, kshape) = fx.f32("kvprefix.k");
-    let (v, _) = fx.f32("kvprefix.v");
-    let p = kshape[2];
-    let prefix = KvPrefix { len: p, k, v };
+    let (prefix, ids, labels) = fx.kv_prefix_case();
+    let p = prefix.len;
     let mut sess = m.model.session(1, p + ids.len()).unwrap();
     sess.set_prefix(&m.model.cfg, &m.model.backend, 0, &prefix)
         .unwrap();

@@ -117,6 +117,22 @@ impl Fixtures {
             .collect()
     }
 
+    /// The `kvprefix.*` case: its key/value prefix, token ids and labels.
+    pub fn kv_prefix_case(&self) -> (cmt_runtime::KvPrefix, Vec<u32>, Vec<i32>) {
+        let (k, kshape) = self.f32("kvprefix.k");
+        let (v, _) = self.f32("kvprefix.v");
+        let prefix = cmt_runtime::KvPrefix {
+            len: kshape[2],
+            k,
+            v,
+        };
+        (
+            prefix,
+            self.ids("kvprefix.ids"),
+            self.i32("kvprefix.labels"),
+        )
+    }
+
     pub fn ids(&self, name: &str) -> Vec<u32> {
         self.i32(name).into_iter().map(|x| x as u32).collect()
     }
