@@ -1,0 +1,1 @@
+//! The unfused composition (test reference). Not written yet.
