@@ -1,6 +1,13 @@
 //! Compressor C_φ (DESIGN §1 steps 1–3): turns a document's hidden states into T memory
 //! vectors and a matching key.
 pub mod attention;
+// pub mod compressor; (enabled once attention::fused lands)
+pub mod config;
 pub mod error;
+pub mod linalg;
+pub mod params;
 
+// pub use compressor::{Compressed, Compressor, Tape};
+pub use config::CompressorConfig;
 pub use error::{Error, Result};
+pub use params::{BlockParams, Params};
