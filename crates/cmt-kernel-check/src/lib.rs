@@ -4,6 +4,7 @@
 //! `cmt_runtime::cuda::launch` geometry the runtime uses, and compares with the CPU
 //! references.
 pub mod cases;
+pub mod cases_compress;
 pub mod emu;
 pub mod exec;
 

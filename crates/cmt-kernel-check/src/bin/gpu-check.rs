@@ -100,6 +100,14 @@ fn main() {
             );
         }
     }
+    // The compressor's H pass: its own table (GFLOP/s and fractions of peak).
+    match cmt_kernel_check::cases_compress::gpu_suite(&g, quick) {
+        Ok(outs) => failed += cmt_kernel_check::cases_compress::print_report(&outs),
+        Err(e) => {
+            eprintln!("gpu-check: compress_attention: {e}");
+            std::process::exit(1);
+        }
+    }
     println!("GB/s counts the minimum bytes each kernel must move; compare with the GPU's peak (H100 SXM ≈ 3350 GB/s).");
     std::process::exit(i32::from(failed > 0));
 }

@@ -9,6 +9,8 @@
 #![allow(clippy::too_many_arguments)]
 use super::CudaError;
 
+pub mod compress;
+
 #[cfg(target_endian = "big")]
 compile_error!("kernel arguments are packed little-endian");
 

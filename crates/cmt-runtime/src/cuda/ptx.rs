@@ -11,6 +11,7 @@ macro_rules! ptx {
 }
 
 ptx!(
+    "compress_attention",
     "cross_entropy",
     "embedding",
     "residual",
