@@ -22,6 +22,7 @@
 use crate::error::{Error, Result};
 
 pub mod fused;
+mod linalg;
 pub mod slow;
 
 /// Dimensions of one cross-attention step.
@@ -104,7 +105,9 @@ pub fn check_shapes(
         }
     };
     if dims.t == 0 || d == 0 || a == 0 {
-        return Err(Error::Shape(format!("cross-attention: empty dims {dims:?}")));
+        return Err(Error::Shape(format!(
+            "cross-attention: empty dims {dims:?}"
+        )));
     }
     want("h", docs.h.len(), nd * docs.n_max * d)?;
     want("q", q.len(), nd * dims.t * a)?;
