@@ -5,6 +5,8 @@ use crate::exec::{CheckError, Exec};
 use cmt_runtime::backend::{CpuBackend, RopeTable};
 use cmt_runtime::cuda::{launch, reference, DType, Launch};
 
+pub mod topk;
+
 /// Elements past every buffer's end that must stay poisoned.
 const GUARD: usize = 16;
 /// All-ones bytes: NaN both as f32 and as bf16.

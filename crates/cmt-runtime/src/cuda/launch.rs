@@ -10,6 +10,7 @@
 use super::CudaError;
 
 pub mod compress;
+pub mod topk;
 
 #[cfg(target_endian = "big")]
 compile_error!("kernel arguments are packed little-endian");

@@ -17,7 +17,8 @@ ptx!(
     "residual",
     "rmsnorm",
     "rope",
-    "swiglu"
+    "swiglu",
+    "topk_aggregate"
 );
 
 pub fn source(module: &str) -> Option<&'static str> {
