@@ -25,6 +25,6 @@ pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
 pub use generate::{generate, GenerateOptions};
 pub use loader::load_model;
-pub use model::{Logits, Model, SeqInput};
+pub use model::{HiddenLayer, Logits, Model, SeqInput};
 pub use session::{KvPrefix, Session};
 pub use tokenizer::Tokenizer;

@@ -36,6 +36,42 @@ pub enum Logits {
     None,
 }
 
+/// One checkpoint of the residual stream, as captured by [`Model::forward_hidden`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HiddenLayer {
+    /// The residual stream after `n` layers: 0 = the token embeddings, `L` = the output
+    /// of the last layer (before the final norm).
+    Residual(usize),
+    /// The output of the final RMSNorm (what the LM head reads).
+    FinalNorm,
+}
+
+impl HiddenLayer {
+    /// Position in the full capture list of [`Model::forward`] (`layers + 2` entries):
+    /// `Residual(n)` → n, `FinalNorm` → layers + 1. Errors if `n > layers`.
+    pub fn capture_index(self, layers: usize) -> Result<usize> {
+        match self {
+            HiddenLayer::Residual(n) if n <= layers => Ok(n),
+            HiddenLayer::Residual(n) => Err(Error::Invalid(format!(
+                "hidden layer {n} out of range: the model has {layers} layers (0..={layers})"
+            ))),
+            HiddenLayer::FinalNorm => Ok(layers + 1),
+        }
+    }
+}
+
+/// What a forward step copies out of the residual stream.
+pub(crate) enum Capture<'a> {
+    None,
+    /// Every checkpoint (`layers + 2` entries of [rows, hidden]).
+    All(&'a mut Vec<Vec<f32>>),
+    /// Only checkpoint `at` (a [`HiddenLayer::capture_index`]), into `out` ([rows, hidden]).
+    One {
+        at: usize,
+        out: &'a mut Vec<f32>,
+    },
+}
+
 pub struct Model<B: Backend> {
     pub cfg: ModelConfig,
     pub backend: B,
@@ -70,7 +106,27 @@ impl<B: Backend> Model<B> {
         logits: Logits,
         hidden: Option<&mut Vec<Vec<f32>>>,
     ) -> Result<&'s [f32]> {
-        self.forward_recorded(sess, inputs, logits, hidden, None)
+        let capture = match hidden {
+            Some(h) => Capture::All(h),
+            None => Capture::None,
+        };
+        self.forward_recorded(sess, inputs, logits, capture, None)
+    }
+
+    /// Runs one step (no logits) and copies out only the hidden states at `layer`:
+    /// `out` becomes [rows, hidden], the rows of every sequence in input order. Costs one
+    /// download instead of the `layers + 2` of `forward`'s full capture.
+    pub fn forward_hidden(
+        &self,
+        sess: &mut Session<B>,
+        inputs: &[SeqInput],
+        layer: HiddenLayer,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let at = layer.capture_index(self.cfg.layers)?;
+        let capture = Capture::One { at, out };
+        self.forward_recorded(sess, inputs, Logits::None, capture, None)?;
+        Ok(())
     }
 
     /// `forward`, also saving into `tape` the activations the backward pass needs
@@ -80,7 +136,7 @@ impl<B: Backend> Model<B> {
         sess: &'s mut Session<B>,
         inputs: &[SeqInput],
         logits: Logits,
-        mut hidden: Option<&mut Vec<Vec<f32>>>,
+        mut hidden: Capture<'_>,
         mut tape: Option<&mut Tape>,
     ) -> Result<&'s [f32]> {
         let cfg = &self.cfg;
@@ -151,12 +207,23 @@ impl<B: Backend> Model<B> {
                 span.row_start + n_soft,
             )?;
         }
+        let mut checkpoint = 0;
         let mut capture = |buf: &B::Buf| -> Result<()> {
-            if let Some(h) = hidden.as_deref_mut() {
-                let mut host = vec![0.0; rows * d];
-                be.download(buf, 0, &mut host)?;
-                h.push(host);
+            match &mut hidden {
+                Capture::None => {}
+                Capture::All(h) => {
+                    let mut host = vec![0.0; rows * d];
+                    be.download(buf, 0, &mut host)?;
+                    h.push(host);
+                }
+                Capture::One { at, out } if *at == checkpoint => {
+                    out.clear();
+                    out.resize(rows * d, 0.0);
+                    be.download(buf, 0, out)?;
+                }
+                Capture::One { .. } => {}
             }
+            checkpoint += 1;
             Ok(())
         };
         capture(&s.x)?;

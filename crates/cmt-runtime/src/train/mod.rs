@@ -14,7 +14,7 @@ use crate::backend::{CpuBackend, SeqSpan};
 use crate::batch::PaddedBatch;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::model::{Logits, Model, SeqInput};
+use crate::model::{Capture, Logits, Model, SeqInput};
 use crate::score::IGNORE;
 use crate::session::{KvPrefix, Session};
 use ops::AttnSeq;
@@ -168,7 +168,7 @@ impl Model<CpuBackend> {
                 ids: s.ids,
             })
             .collect();
-        self.forward_recorded(sess, &inputs, Logits::None, None, Some(tape))?;
+        self.forward_recorded(sess, &inputs, Logits::None, Capture::None, Some(tape))?;
 
         // Labelled rows: row t is scored against labels[t + 1].
         let mut picks: Vec<(u32, u32)> = Vec::new();
