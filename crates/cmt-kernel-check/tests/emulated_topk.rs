@@ -6,7 +6,7 @@
 //!
 //! The emulator keeps `__shared__` in function statics, so two launches of the same kernel
 //! from two test threads would share them: every test takes `LOCK`.
-use cmt_kernel_check::cases::topk::{topk_aggregate, Spec};
+use cmt_kernel_check::cases::topk::{gpu_suite_n, print_report, topk_aggregate, Spec};
 use cmt_kernel_check::emu::Emu;
 use cmt_runtime::cuda::DType;
 use proptest::prelude::*;
@@ -98,4 +98,14 @@ fn massive_ties() {
     };
     check(&s).unwrap_or_else(|e| panic!("{e}"));
     check(&Spec { r: 1, ..s }).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The gpu-check suite (r = 128, 1 and 32 questions, k = 16, T·D = 9216 bf16 memories, f32
+/// and bf16 keys) on a bank small enough to emulate, through the same report.
+#[test]
+fn gpu_suite_on_a_small_bank() {
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let outs = gpu_suite_n(&Emu, 600).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(outs.len(), 8);
+    assert_eq!(print_report(&outs), 0, "a case failed");
 }

@@ -108,6 +108,14 @@ fn main() {
             std::process::exit(1);
         }
     }
+    // The memory bank's fused top-k over a 1M-entry bank: its own table (GB/s, % of HBM).
+    match cmt_kernel_check::cases::topk::gpu_suite(&g, quick) {
+        Ok(outs) => failed += cmt_kernel_check::cases::topk::print_report(&outs),
+        Err(e) => {
+            eprintln!("gpu-check: topk_aggregate: {e}");
+            std::process::exit(1);
+        }
+    }
     println!("GB/s counts the minimum bytes each kernel must move; compare with the GPU's peak (H100 SXM ≈ 3350 GB/s).");
     std::process::exit(i32::from(failed > 0));
 }

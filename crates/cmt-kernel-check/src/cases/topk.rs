@@ -303,3 +303,85 @@ pub fn topk_aggregate<E: Exec>(e: &E, s: &Spec) -> Result<Vec<Outcome>, CheckErr
         },
     ])
 }
+
+/// HBM bandwidth the report divides by: H100 SXM5 (HBM3), the GPU DESIGN §3 names.
+pub const HBM_PEAK_GBS: f64 = 3350.0;
+
+/// The bank search as `ask` runs it (DESIGN §1 steps 5–6, §6): r = 128 keys in f32 and bf16,
+/// 1 and 32 questions, k = 16, memories T·D = 16·576 in bf16, 1% of the rows deleted, over
+/// 1,000,000 rows (`quick`: 65,536). Every case is also checked against the brute force.
+pub fn gpu_suite<E: Exec>(e: &E, quick: bool) -> Result<Vec<Outcome>, CheckError> {
+    let n = if quick { 1 << 16 } else { 1_000_000 };
+    gpu_suite_n(e, n)
+}
+
+/// [`gpu_suite`] over `n` rows (the emulated test runs it on a small bank).
+pub fn gpu_suite_n<E: Exec>(e: &E, n: usize) -> Result<Vec<Outcome>, CheckError> {
+    let mut v = Vec::new();
+    for (i, key_dt) in DType::ALL.into_iter().enumerate() {
+        for nq in [1, 32] {
+            let s = Spec {
+                n,
+                r: 128,
+                nq,
+                k: 16,
+                td: 16 * 576,
+                key_dt,
+                mem_dt: DType::Bf16,
+                deleted: 0.01,
+                ties: false,
+                tiles_per_block: None,
+                seed: 100 + i as u64 * 10 + nq as u64,
+            };
+            v.extend(topk_aggregate(e, &s)?);
+        }
+    }
+    Ok(v)
+}
+
+/// Prints one line per outcome (achieved GB/s over the minimum bytes, fraction of
+/// [`HBM_PEAK_GBS`]) and the scan + combine total per search; returns the failed count.
+pub fn print_report(outs: &[Outcome]) -> usize {
+    println!(
+        "{:<20} {:<52} {:>9} {:>10} {:>7} {:>6}  status",
+        "kernel", "shape", "max err", "time µs", "GB/s", "%HBM"
+    );
+    let mut failed = 0;
+    let cols = |bytes: usize, ms: Option<f64>| match ms {
+        Some(ms) => {
+            let gbs = bytes as f64 / (ms * 1e-3) / 1e9;
+            format!(
+                "{:>10.1} {:>7.0} {:>5.1}%",
+                ms * 1e3,
+                gbs,
+                100.0 * gbs / HBM_PEAK_GBS
+            )
+        }
+        None => format!("{:>10} {:>7} {:>6}", "-", "-", "-"),
+    };
+    for o in outs {
+        let status = if o.failures.is_empty() {
+            "ok".to_string()
+        } else {
+            failed += 1;
+            format!("FAIL {:?}", o.failures)
+        };
+        let c = cols(o.bytes, o.time_ms);
+        println!(
+            "{:<20} {:<52} {:>9.2e} {c}  {status}",
+            o.kernel, o.shape, o.max_err
+        );
+    }
+    // Outcomes come in (scan, combine) pairs of one search.
+    for p in outs.chunks_exact(2) {
+        let ms = p[0].time_ms.zip(p[1].time_ms).map(|(a, b)| a + b);
+        let c = cols(p[0].bytes + p[1].bytes, ms);
+        println!("{:<20} {:<52} {:>9} {c}", "  search total", p[0].shape, "");
+    }
+    println!(
+        "topk_aggregate: GB/s over the minimum bytes (keys once per 32 questions, live bits, \
+         questions, candidates; k memories per question); %HBM of an assumed H100 SXM5 peak \
+         of {HBM_PEAK_GBS:.0} GB/s."
+    );
+    failed
+}
