@@ -9,7 +9,13 @@
 //! the 8 blocks of a group for one question reads the group's 8r vectors in address order,
 //! one sequential stream like a plain memory read. Rows past the last key are zero and not
 //! live. Vectors are 64-byte aligned.
+//!
+//! Keys are stored in f32 or in bf16 ([`KeyDtype`]): a bf16 matrix has the same layout with
+//! 32-byte vectors, half the bytes a scan reads; keys are rounded to nearest even when
+//! pushed and widened exactly (a 16-bit shift) when scanned, so a bf16 bank scores exactly
+//! like an f32 bank holding the rounded keys.
 use crate::error::{Error, Result};
+use half::bf16;
 
 pub const LANES: usize = 16;
 /// Blocks per group (see the module docs).
@@ -20,12 +26,64 @@ pub(crate) const GROUP: usize = 8;
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Lanes(pub [f32; LANES]);
 
+/// One dimension of 16 keys in bf16 (raw bits).
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct LanesBf16(pub [u16; LANES]);
+
+/// The element type of a key matrix (and of a bank's keys, see the store's header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum KeyDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl KeyDtype {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            KeyDtype::F32 => 0,
+            KeyDtype::Bf16 => 1,
+        }
+    }
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        match c {
+            0 => Some(KeyDtype::F32),
+            1 => Some(KeyDtype::Bf16),
+            _ => None,
+        }
+    }
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            KeyDtype::F32 => 4,
+            KeyDtype::Bf16 => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyDtype::F32 => "f32",
+            KeyDtype::Bf16 => "bf16",
+        }
+    }
+    /// `x` as a key of this dtype holds it (bf16: rounded to nearest even), widened to f32.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            KeyDtype::F32 => x,
+            KeyDtype::Bf16 => bf16::from_f32(x).to_f32(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct KeyMatrix {
     r: usize,
     n: usize,
-    /// Whole groups: `blocks().div_ceil(GROUP) * GROUP * r` vectors.
+    dtype: KeyDtype,
+    /// Whole groups: `blocks().div_ceil(GROUP) * GROUP * r` vectors, in `panels` (f32) or
+    /// `panels_bf16`; the other stays empty.
     panels: Vec<Lanes>,
+    panels_bf16: Vec<LanesBf16>,
     ids: Vec<u64>,
     live: Vec<u64>,
     live_count: usize,
@@ -37,16 +95,31 @@ impl KeyMatrix {
     }
 
     pub fn with_capacity(r: usize, n: usize) -> Self {
+        Self::with_dtype(r, n, KeyDtype::F32)
+    }
+
+    /// An empty matrix of keys of width `r` stored in `dtype`, room for `n` keys.
+    pub fn with_dtype(r: usize, n: usize, dtype: KeyDtype) -> Self {
+        let vecs = n.div_ceil(LANES * GROUP) * GROUP * r;
+        let (f, h) = match dtype {
+            KeyDtype::F32 => (vecs, 0),
+            KeyDtype::Bf16 => (0, vecs),
+        };
         KeyMatrix {
             r,
             n: 0,
-            panels: Vec::with_capacity(n.div_ceil(LANES * GROUP) * GROUP * r),
+            dtype,
+            panels: Vec::with_capacity(f),
+            panels_bf16: Vec::with_capacity(h),
             ids: Vec::with_capacity(n),
             live: Vec::with_capacity(n.div_ceil(64)),
             live_count: 0,
         }
     }
 
+    pub fn dtype(&self) -> KeyDtype {
+        self.dtype
+    }
     /// Key width.
     pub fn r(&self) -> usize {
         self.r
@@ -74,8 +147,13 @@ impl KeyMatrix {
     pub(crate) fn vec_index(&self, b: usize, j: usize) -> usize {
         (b / GROUP) * GROUP * self.r + j * GROUP + b % GROUP
     }
+    /// The f32 panels (empty for a bf16 matrix).
     pub(crate) fn panels(&self) -> &[Lanes] {
         &self.panels
+    }
+    /// The bf16 panels (empty for an f32 matrix).
+    pub(crate) fn panels_bf16(&self) -> &[LanesBf16] {
+        &self.panels_bf16
     }
 
     #[inline]
@@ -88,7 +166,8 @@ impl KeyMatrix {
         self.ids.binary_search(&id).ok()
     }
 
-    /// Appends a live key. Ids must be strictly increasing and keys finite.
+    /// Appends a live key. Ids must be strictly increasing and keys finite (also once rounded
+    /// to the matrix's dtype: an f32 beyond bf16's range does not fit a bf16 matrix).
     pub fn push(&mut self, id: u64, key: &[f32]) -> Result<()> {
         if key.len() != self.r {
             return Err(Error::Invalid(format!(
@@ -109,14 +188,36 @@ impl KeyMatrix {
                 "key of id {id}: element {i} is not finite"
             )));
         }
-        let row = self.n;
-        if row.is_multiple_of(LANES * GROUP) {
-            self.panels
-                .resize(self.panels.len() + GROUP * self.r, Lanes::default());
+        if let Some(i) = key.iter().position(|&x| !self.dtype.round(x).is_finite()) {
+            return Err(Error::Invalid(format!(
+                "key of id {id}: element {i} = {} overflows {}",
+                key[i],
+                self.dtype.name()
+            )));
         }
-        for (j, &x) in key.iter().enumerate() {
-            let v = self.vec_index(row / LANES, j);
-            self.panels[v].0[row % LANES] = x;
+        let row = self.n;
+        let grow = row.is_multiple_of(LANES * GROUP);
+        match self.dtype {
+            KeyDtype::F32 => {
+                if grow {
+                    let len = self.panels.len() + GROUP * self.r;
+                    self.panels.resize(len, Lanes::default());
+                }
+                for (j, &x) in key.iter().enumerate() {
+                    let v = self.vec_index(row / LANES, j);
+                    self.panels[v].0[row % LANES] = x;
+                }
+            }
+            KeyDtype::Bf16 => {
+                if grow {
+                    let len = self.panels_bf16.len() + GROUP * self.r;
+                    self.panels_bf16.resize(len, LanesBf16::default());
+                }
+                for (j, &x) in key.iter().enumerate() {
+                    let v = self.vec_index(row / LANES, j);
+                    self.panels_bf16[v].0[row % LANES] = bf16::from_f32(x).to_bits();
+                }
+            }
         }
         if row.is_multiple_of(64) {
             self.live.push(0);
@@ -140,10 +241,14 @@ impl KeyMatrix {
         }
     }
 
-    /// Copies the key of `row` into `out` (length r).
+    /// Copies the key of `row` into `out` (length r), widened to f32.
     pub fn key_into(&self, row: usize, out: &mut [f32]) {
         for (j, o) in out.iter_mut().enumerate().take(self.r) {
-            *o = self.panels[self.vec_index(row / LANES, j)].0[row % LANES];
+            let v = self.vec_index(row / LANES, j);
+            *o = match self.dtype {
+                KeyDtype::F32 => self.panels[v].0[row % LANES],
+                KeyDtype::Bf16 => bf16::from_bits(self.panels_bf16[v].0[row % LANES]).to_f32(),
+            };
         }
     }
 
@@ -178,5 +283,22 @@ mod tests {
         assert!(m.push(79, &[0.0; 3]).is_err());
         assert!(m.push(100, &[f32::NAN, 0.0, 0.0]).is_err());
         assert!(m.push(100, &[0.0; 2]).is_err());
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even_and_widens_back() {
+        let mut m = KeyMatrix::with_dtype(2, 0, KeyDtype::Bf16);
+        // 1 + 2^-8 is halfway between two bf16 values: ties to even (1.0); 1 + 3·2^-8 rounds up.
+        for i in 0..130u64 {
+            m.push(i, &[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0]).unwrap();
+        }
+        assert_eq!(m.key(129), vec![1.0, 1.0 + 4.0 / 256.0]);
+        assert_eq!(m.panels_bf16().len(), 2 * GROUP * 2);
+        assert!(m.panels().is_empty());
+        assert!(
+            m.push(200, &[f32::MAX, 0.0]).is_err(),
+            "rounds to inf in bf16"
+        );
+        assert_eq!(m.len(), 130);
     }
 }

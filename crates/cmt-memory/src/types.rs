@@ -2,7 +2,7 @@
 //! memories, entries to append and entries read back.
 use half::bf16;
 
-/// The element type of the stored memories M_d (keys are always f32).
+/// The element type of the stored memories M_d (keys: `KeyDtype`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MemDtype {
     F32,

@@ -9,7 +9,8 @@
 //!  20     4  D (memory width)
 //!  24     4  r (key width)
 //!  28     1  memory dtype (0 = f32, 1 = bf16)
-//!  29     1  key dtype (0 = f32; the only one so far)
+//!  29     1  key dtype (0 = f32, 1 = bf16: keys rounded to bf16 at append, stored widened
+//!            in the records' f32 key field, scanned from a bf16 key matrix)
 //!  30     2  reserved (0)
 //!  32     4  source field width in bytes
 //!  36     4  title field width in bytes
@@ -31,6 +32,7 @@
 //! a crash sees either the old or the new header, never a mix.
 use super::record::Layout;
 use crate::error::{Error, Result};
+use crate::keys::KeyDtype;
 use crate::types::MemDtype;
 use std::path::Path;
 
@@ -55,6 +57,7 @@ pub(crate) struct BankHeader {
     pub d: u32,
     pub r: u32,
     pub mem_dtype: MemDtype,
+    pub key_dtype: KeyDtype,
     pub source_max: u32,
     pub title_max: u32,
     pub record_size: u64,
@@ -89,6 +92,7 @@ impl BankHeader {
             self.source_max as usize,
             self.title_max as usize,
         )
+        .with_key_dtype(self.key_dtype)
     }
 
     pub(crate) fn encode(&self) -> [u8; HEADER_SIZE] {
@@ -100,7 +104,7 @@ impl BankHeader {
         b[20..24].copy_from_slice(&self.d.to_le_bytes());
         b[24..28].copy_from_slice(&self.r.to_le_bytes());
         b[28] = self.mem_dtype.code();
-        b[29] = 0;
+        b[29] = self.key_dtype.code();
         b[32..36].copy_from_slice(&self.source_max.to_le_bytes());
         b[36..40].copy_from_slice(&self.title_max.to_le_bytes());
         b[40..48].copy_from_slice(&self.record_size.to_le_bytes());
@@ -158,9 +162,8 @@ impl BankHeader {
         }
         let mem_dtype = MemDtype::from_code(b[28])
             .ok_or_else(|| bad(28, format!("unknown memory dtype code {}", b[28])))?;
-        if b[29] != 0 {
-            return Err(bad(29, format!("unknown key dtype code {}", b[29])));
-        }
+        let key_dtype = KeyDtype::from_code(b[29])
+            .ok_or_else(|| bad(29, format!("unknown key dtype code {}", b[29])))?;
         let hash_len = u16::from_le_bytes([b[96], b[97]]) as usize;
         if hash_len > MAX_HASH_LEN {
             return Err(bad(
@@ -176,6 +179,7 @@ impl BankHeader {
             d: u32_at(b, 20),
             r: u32_at(b, 24),
             mem_dtype,
+            key_dtype,
             source_max: u32_at(b, 32),
             title_max: u32_at(b, 36),
             record_size: u64_at(b, 40),
@@ -229,6 +233,7 @@ mod tests {
             d: 8,
             r: 16,
             mem_dtype: MemDtype::Bf16,
+            key_dtype: KeyDtype::Bf16,
             source_max: 32,
             title_max: 64,
             record_size: 0,

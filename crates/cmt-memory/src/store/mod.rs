@@ -26,7 +26,7 @@ mod write;
 pub use compact::CompactStats;
 
 use crate::error::{Error, Result};
-use crate::keys::KeyMatrix;
+use crate::keys::{KeyDtype, KeyMatrix};
 use crate::lock::WriterLock;
 use crate::topk::{self, MemorySource, SelectedGrads, TopK};
 use crate::types::{EntryRef, MemDtype, MemView};
@@ -47,6 +47,9 @@ pub struct BankConfig {
     /// Key width.
     pub r: usize,
     pub mem_dtype: MemDtype,
+    /// How keys are stored and scanned (`new` picks f32; bf16 halves the scan's bytes and
+    /// rounds every key to bf16 at append, see `header`).
+    pub key_dtype: KeyDtype,
     /// Identifies the frozen base model (e.g. the GGUF's sha256); at most 128 bytes.
     pub base_model_hash: String,
     /// Width in bytes of the fixed source field.
@@ -64,6 +67,7 @@ impl BankConfig {
             d,
             r,
             mem_dtype,
+            key_dtype: KeyDtype::F32,
             base_model_hash: base_model_hash.to_string(),
             source_max: 128,
             title_max: 256,
@@ -108,6 +112,7 @@ pub struct Stats {
     pub d: usize,
     pub r: usize,
     pub mem_dtype: MemDtype,
+    pub key_dtype: KeyDtype,
     pub base_model_hash: String,
     pub created: u64,
     pub generation: u64,
@@ -194,6 +199,7 @@ impl Bank {
             d: h.d as usize,
             r: h.r as usize,
             mem_dtype: h.mem_dtype,
+            key_dtype: h.key_dtype,
             base_model_hash: h.base_model_hash.clone(),
             created: h.created,
             generation: h.generation,

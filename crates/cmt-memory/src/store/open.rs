@@ -128,6 +128,7 @@ impl Bank {
             d: cfg.d as u32,
             r: cfg.r as u32,
             mem_dtype: cfg.mem_dtype,
+            key_dtype: cfg.key_dtype,
             source_max: cfg.source_max as u32,
             title_max: cfg.title_max as u32,
             record_size: 0,
@@ -281,7 +282,7 @@ pub(super) fn load(
     let mut segs = Vec::with_capacity(h.segments as usize);
     let mut seg_headers = Vec::with_capacity(h.segments as usize);
     let mut index = SegIndex::default();
-    let mut keys = KeyMatrix::new(layout.r);
+    let mut keys = KeyMatrix::with_dtype(layout.r, 0, h.key_dtype);
     for i in 0..h.segments {
         let path = dir.join(seg_name(h.generation, i));
         let (sh, file, _) = open_checked(&path, &seg_header(&h, i))?;

@@ -22,6 +22,7 @@
 //! record is covered by one of the two checksums; the head CRC also binds the mem CRC, so
 //! checking the head alone (keys, ids, metadata) is cheap and the memory can be checked
 //! separately when it is read.
+use crate::keys::KeyDtype;
 use crate::types::{EntryRef, MemDtype, MemView, NewEntry};
 use half::bf16;
 
@@ -50,6 +51,8 @@ pub(crate) struct Layout {
     pub r: usize,
     pub mem_len: usize,
     pub dtype: MemDtype,
+    /// Keys are rounded to this dtype when encoded (the field stays f32).
+    pub key_dtype: KeyDtype,
     pub source_max: usize,
     pub title_max: usize,
     pub key_off: usize,
@@ -77,12 +80,17 @@ impl Layout {
             r,
             mem_len,
             dtype,
+            key_dtype: KeyDtype::F32,
             source_max,
             title_max,
             key_off,
             mem_off,
             size,
         }
+    }
+
+    pub(crate) fn with_key_dtype(self, key_dtype: KeyDtype) -> Self {
+        Layout { key_dtype, ..self }
     }
 
     fn mem_end(&self) -> usize {
@@ -107,7 +115,7 @@ impl Layout {
         out[t0..t0 + title.len()].copy_from_slice(title.as_bytes());
         for (i, k) in e.key.iter().enumerate() {
             let o = self.key_off + 4 * i;
-            out[o..o + 4].copy_from_slice(&k.to_le_bytes());
+            out[o..o + 4].copy_from_slice(&self.key_dtype.round(*k).to_le_bytes());
         }
         let m = &mut out[self.mem_off..self.mem_off + self.mem_len * self.dtype.size()];
         match (self.dtype, e.memory) {

@@ -38,6 +38,17 @@ impl Bank {
         if !e.key.iter().all(|x| x.is_finite()) || !e.memory.all_finite() {
             return bad("key or memory holds a non-finite value".into());
         }
+        if let Some(j) = e
+            .key
+            .iter()
+            .position(|&x| !l.key_dtype.round(x).is_finite())
+        {
+            return bad(format!(
+                "key element {j} = {} overflows the bank's {} keys",
+                e.key[j],
+                l.key_dtype.name()
+            ));
+        }
         Ok(())
     }
 

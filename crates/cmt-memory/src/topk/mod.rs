@@ -20,8 +20,10 @@
 //! evicted. [`backward`] gives the gradients for training; [`slow`] is the brute-force
 //! reference.
 //!
-//! Keys are f32 only so far (bf16 keys would halve the scan's bytes), and the CUDA version
-//! of the kernel is not written yet (it waits for the kernel toolchain, DESIGN §3).
+//! Keys are f32 or bf16 ([`crate::KeyDtype`]): a bf16 matrix halves the scan's bytes and is
+//! widened exactly in registers, so it scores like an f32 matrix of the rounded keys. The
+//! CUDA version is kernels/topk_aggregate.cu (same split, same fold and tie rule, checked
+//! against [`slow`] by crates/cmt-kernel-check); it is not wired to [`crate::Bank`] yet.
 pub(crate) mod axpy;
 pub mod backward;
 pub mod combine;
