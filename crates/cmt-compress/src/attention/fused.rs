@@ -1,4 +1,4 @@
-//! The fused one-pass cross-attention (the production CPU path). Not written yet.
+//! The fused one-pass cross-attention (the production CPU path).
 //!
 //! # Formulation: projections folded into the queries and the output
 //! By associativity, `q_{t,h}·K_{j,h} = (Wk_hᵀ q_{t,h})·Hn_j` and
@@ -33,3 +33,54 @@
 //! `dg_h += Σ_i (qhat_i ⊘ g_h) ⊙ dqhat_i + Σ_i dU_i ⊙ u_i` (written without the division
 //! in code: `qhat_i ⊘ g_h` is the unscaled-by-gain query, kept separately).
 //! Neither pass holds more than a tile of scores; nothing of size TQ × n is stored.
+//!
+//! # This CPU implementation
+//! - Query rows are kept in the order `i = t·heads + h` of the formulas, so one head's rows
+//!   across a document (or the whole batch) have a uniform stride `heads·d`.
+//! - [`forward`]: rayon over documents; per document the folded queries `qhat` come from
+//!   one small `gemm` per head, then [`kernel::hpass_forward`] streams H once in tiles of
+//!   [`kernel::TILE`] rows (tile scores `qhat·yᵀ` and `p·y` on `gemm`, online softmax and
+//!   the normalisation with AVX-512 row primitives), then `O = (g_h ⊙ u) Wvᵀ` per head.
+//!   With fewer documents than ~4× the threads, each document's query rows are also split
+//!   into groups of whole `t` ranges that run in parallel.
+//! - [`backward`]: rayon over documents (and over runs of H rows when there are few
+//!   documents, each run with its own `dqhat` partial, summed after);
+//!   [`kernel::hpass_backward`] recomputes `p` from `lse`. Weight gradients are summed in
+//!   per-thread partials and reduced once.
+//! - [`Saved`] holds `u` and `lse`: `O(docs·TQ·d)`; `qhat` is recomputed in the backward
+//!   (one small `gemm` per head per document).
+mod backward;
+mod forward;
+pub mod kernel;
+mod simd;
+
+pub use backward::backward;
+pub use forward::forward;
+
+/// What the backward needs from the forward: `u` `[docs, TQ, d]` (rows `t·heads + h`) and
+/// `lse` `[docs, TQ]`.
+#[derive(Clone, Debug)]
+pub struct Saved {
+    pub(crate) u: Vec<f32>,
+    pub(crate) lse: Vec<f32>,
+    pub(crate) docs: usize,
+    pub(crate) tq: usize,
+    pub(crate) d: usize,
+}
+
+impl Saved {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        (self.u.len() + self.lse.len()) * std::mem::size_of::<f32>()
+    }
+}
+
+/// How many parallel pieces to cut each document into so that `docs · pieces` gives every
+/// thread work (at most `max_pieces`).
+pub(crate) fn pieces_per_doc(docs: usize, max_pieces: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || docs == 0 {
+        return 1;
+    }
+    (4 * threads).div_ceil(docs).clamp(1, max_pieces.max(1))
+}

@@ -128,3 +128,31 @@ pub fn check_shapes(
     }
     Ok(())
 }
+
+/// [`check_shapes`] plus the gradient buffers.
+pub(crate) fn check_grad_shapes(
+    dims: &CrossAttnDims,
+    docs: &DocBatch,
+    w: &CrossAttnWeights,
+    q: &[f32],
+    d_out: &[f32],
+    g: &CrossAttnGrads,
+) -> Result<()> {
+    check_shapes(dims, docs, w, q, q.len())?;
+    let (d, a, nd) = (dims.d, dims.attn_width(), docs.docs());
+    for (name, got, want) in [
+        ("d_out", d_out.len(), nd * dims.t * a),
+        ("dq", g.dq.len(), nd * dims.t * a),
+        ("dwk", g.dwk.len(), a * d),
+        ("dwv", g.dwv.len(), a * d),
+        ("dg_h", g.dg_h.len(), d),
+        ("dh", g.dh.len(), nd * docs.n_max * d),
+    ] {
+        if got != want {
+            return Err(Error::Shape(format!(
+                "cross-attention backward: {name} holds {got} values, expected {want}"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -5,8 +5,10 @@
 //! softmax over the `len` valid rows, `O = P V`. The backward recomputes all of it and
 //! applies the textbook chain rule; weight gradients are reduced over per-thread partials.
 use super::linalg::{matmul, View};
-use super::{check_shapes, CrossAttnDims, CrossAttnGrads, CrossAttnWeights, DocBatch};
-use crate::error::{Error, Result};
+use super::{
+    check_grad_shapes, check_shapes, CrossAttnDims, CrossAttnGrads, CrossAttnWeights, DocBatch,
+};
+use crate::error::Result;
 use rayon::prelude::*;
 
 /// Per-thread buffers, sized for one document of `n_max` rows.
@@ -320,34 +322,6 @@ pub fn backward(
         (&mut *g.dg_h, &acc.dg),
     ] {
         x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
-    }
-    Ok(())
-}
-
-/// [`check_shapes`] plus the gradient buffers.
-pub(crate) fn check_grad_shapes(
-    dims: &CrossAttnDims,
-    docs: &DocBatch,
-    w: &CrossAttnWeights,
-    q: &[f32],
-    d_out: &[f32],
-    g: &CrossAttnGrads,
-) -> Result<()> {
-    check_shapes(dims, docs, w, q, q.len())?;
-    let (d, a, nd) = (dims.d, dims.attn_width(), docs.docs());
-    for (name, got, want) in [
-        ("d_out", d_out.len(), nd * dims.t * a),
-        ("dq", g.dq.len(), nd * dims.t * a),
-        ("dwk", g.dwk.len(), a * d),
-        ("dwv", g.dwv.len(), a * d),
-        ("dg_h", g.dg_h.len(), d),
-        ("dh", g.dh.len(), nd * docs.n_max * d),
-    ] {
-        if got != want {
-            return Err(Error::Shape(format!(
-                "cross-attention backward: {name} holds {got} values, expected {want}"
-            )));
-        }
     }
     Ok(())
 }
