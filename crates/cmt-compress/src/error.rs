@@ -18,6 +18,9 @@ pub enum Error {
     /// A checkpoint or cache file is damaged or foreign.
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
+    /// Another writer holds the lock of a cache directory.
+    #[error("{path}: locked by another writer")]
+    Locked { path: PathBuf },
     #[error(transparent)]
     Runtime(#[from] cmt_runtime::Error),
 }

@@ -1,8 +1,10 @@
 //! Compressor C_φ (DESIGN §1 steps 1–3): turns a document's hidden states into T memory
 //! vectors and a matching key.
 pub mod attention;
+pub mod cache;
 // pub mod compressor; (enabled once attention::fused lands)
 pub mod config;
+pub mod encode;
 pub mod error;
 pub mod linalg;
 pub mod params;

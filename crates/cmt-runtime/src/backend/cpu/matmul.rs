@@ -6,8 +6,11 @@
 use super::simd::dot;
 use rayon::prelude::*;
 
-/// Below this many input rows, the streaming kernel beats packing for gemm.
-const SKINNY_MAX_M: usize = 8;
+/// Below this many input rows, the streaming kernel beats packing for gemm. The two kernels
+/// sum in different orders, so a row's result depends on which side of this bound the
+/// step's row count falls; callers that need a sequence's bits independent of what else is
+/// in the step (the compressor's document encoder) group by it.
+pub const SKINNY_MAX_M: usize = 8;
 /// Output features per rayon task in the streaming kernel.
 const ROWS_PER_TASK: usize = 32;
 

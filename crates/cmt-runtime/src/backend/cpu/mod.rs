@@ -3,7 +3,7 @@ mod attention;
 mod matmul;
 pub mod simd;
 
-pub use matmul::{matmul_nn, matmul_nt};
+pub use matmul::{matmul_nn, matmul_nt, SKINNY_MAX_M};
 
 use super::{AttnShape, Backend, Mat, RopeTable, SeqSpan};
 use crate::error::{Error, Result};

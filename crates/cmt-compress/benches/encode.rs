@@ -1,0 +1,3 @@
+fn main() {
+    eprintln!("encode bench: not written yet");
+}

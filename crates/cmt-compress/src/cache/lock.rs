@@ -1,0 +1,45 @@
+//! The writer lock: an exclusive, non-blocking `flock(2)` on `<cache dir>/LOCK` (the same
+//! scheme as the memory bank's). The lock belongs to the open file description, so a second
+//! writer is refused whether in another process or this one, and it goes away with the
+//! process however it dies. Readers take no lock.
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+pub(crate) const LOCK_FILE: &str = "LOCK";
+
+#[derive(Debug)]
+pub(crate) struct WriterLock {
+    /// Held open for the lifetime of the writer; closing it releases the lock.
+    _file: File,
+}
+
+impl WriterLock {
+    pub(crate) fn acquire(dir: &Path) -> Result<Self> {
+        let path = dir.join(LOCK_FILE);
+        let io = |e| Error::Io {
+            path: path.clone(),
+            source: e,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        // SAFETY: `file` is an open file descriptor owned by this function for the duration
+        // of the call; flock takes no pointers.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            return Err(if err.kind() == std::io::ErrorKind::WouldBlock {
+                Error::Locked { path }
+            } else {
+                io(err)
+            });
+        }
+        Ok(WriterLock { _file: file })
+    }
+}
