@@ -83,6 +83,22 @@ fn many_tiles_and_query_chunks() {
     }
 }
 
+/// The gpu-check geometry at a small length: d = 576 (12-row tiles, so 12 + 1 rows here;
+/// 6-query dH chunks) and
+/// tq = 144 = 18 query groups, as for SmolLM2-135M with T = 16, 9 heads.
+#[test]
+fn smollm2_width_and_query_count() {
+    let _emu = emulator();
+    let dims = Dims {
+        docs: 1,
+        tq: 144,
+        n_max: 13,
+        d: 576,
+    };
+    let outs = compress_attention(&Emu, DType::Bf16, dims, &[13], true, 21).expect("runs");
+    assert_ok(&outs);
+}
+
 /// An empty document (u = 0, lse = −inf, dqhat = 0, dH untouched), a one-row document, and
 /// the backward without dH (only the dqhat blocks run; dH must stay as it was).
 #[test]
