@@ -28,6 +28,12 @@
 //   the doc's queries (qhat_i, du_i, δ_i, lse_i) chunk by chunk in shared memory, accumulate
 //   dy_j over all tq queries in registers, then apply the RMSNorm backward to the row. Each
 //   output element has exactly one writer: no atomics, deterministic.
+//
+// Expected ceiling (reasoned, not yet measured on a GPU): the score and accumulate loops read
+// one f32 of y from shared memory per FMA (qhat, du and the accumulators are in registers), so
+// they are bound by shared-memory bandwidth (128 B/clk/SM) at about a quarter of the FP32 FMA
+// rate. ptxas: forward 128 registers on sm_90 (2 blocks/SM), backward 192 (1 block/SM). The
+// upgrade is a tensor-core variant (S = qhat·Yᵀ and u += P·Y as mma tiles) beside this one.
 #include "common.cuh"
 
 #if defined(__CUDACC__)
