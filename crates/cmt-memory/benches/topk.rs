@@ -11,6 +11,8 @@
 //!   floor the single-question scan can approach.
 //!
 //! Rows: `cmt_scan/q1`, `cmt_scan/q32` (ids + raw scores: what faiss returns),
+//! `cmt_scan_bf16keys/q1`, `/q32` (the same keys rounded to bf16: 256 MB, widened in
+//! registers),
 //! `cmt_search/q1` (scan + softmax + weighted sum of 16 bf16 memories of 16×576),
 //! `faiss/q1`, `faiss/q32`, `read_512MB` (aligned copy) and `read_512MB_rowmajor` (the
 //! keys as allocated). After criterion, 15 interleaved rounds of every row give medians and
@@ -19,7 +21,7 @@
 //!
 //! Run: `cargo bench -p cmt-memory --bench topk`.
 use cmt_memory::topk::{self, MemorySource};
-use cmt_memory::{KeyMatrix, MemView};
+use cmt_memory::{KeyDtype, KeyMatrix, MemView};
 use criterion::{Criterion, Throughput};
 use half::bf16;
 use std::hint::black_box;
@@ -268,6 +270,10 @@ fn main() {
     for (i, k) in rows.chunks_exact(R).enumerate() {
         km.push(i as u64, k).expect("push");
     }
+    let mut km16 = KeyMatrix::with_dtype(R, N, KeyDtype::Bf16);
+    for (i, k) in rows.chunks_exact(R).enumerate() {
+        km16.push(i as u64, k).expect("push");
+    }
     // The read baseline sums the same 512 MB of keys, copied to 64-byte aligned lines.
     let lines: Vec<Line> = rows
         .chunks_exact(16)
@@ -304,6 +310,13 @@ fn main() {
         }
     };
     let scan = |q: &[f32]| pool.install(|| topk::scan(&km, q, K, "bench").expect("scan"));
+    let scan16 = |q: &[f32]| pool.install(|| topk::scan(&km16, q, K, "bench").expect("scan"));
+    {
+        let a: Vec<u64> = scan(q1).per_query[0].iter().map(|c| c.id).collect();
+        let b: Vec<u64> = scan16(q1).per_query[0].iter().map(|c| c.id).collect();
+        let same = a.iter().filter(|id| b.contains(id)).count();
+        eprintln!("bf16 keys: {same} of the f32 keys' top-{K} ids");
+    }
     if let Some(f) = faiss.as_mut() {
         let ours: Vec<u64> = scan(q1).per_query[0].iter().map(|c| c.id).collect();
         let (_, theirs) = f.search(q1, 1);
@@ -334,17 +347,26 @@ fn main() {
             b.iter(|| black_box(pool.install(|| read_sum_rows(&rows))))
         });
         g.finish();
+        let mut g = c.benchmark_group("topk_1M_r128_k16_bf16keys");
+        g.throughput(Throughput::Bytes(BYTES / 2));
+        g.bench_function("cmt_scan_bf16keys/q1", |b| b.iter(|| black_box(scan16(q1))));
+        g.bench_function("cmt_scan_bf16keys/q32", |b| {
+            b.iter(|| black_box(scan16(&q32)))
+        });
+        g.finish();
     }
     c.final_summary();
 
     // Interleaved rounds, so that drift in the machine's load hits every row alike.
     const RUNS: usize = 15;
-    let mut t = vec![Vec::new(); 6];
+    let mut t = vec![Vec::new(); 8];
     for _ in 0..RUNS {
         t[0].push(timed(|| drop(black_box(scan(q1)))).as_secs_f64());
         t[1].push(timed(|| drop(black_box(scan(&q32)))).as_secs_f64());
         t[2].push(timed(|| _ = black_box(pool.install(|| read_sum(&lines)))).as_secs_f64());
         t[3].push(timed(|| _ = black_box(pool.install(|| read_sum_rows(&rows)))).as_secs_f64());
+        t[6].push(timed(|| drop(black_box(scan16(q1)))).as_secs_f64());
+        t[7].push(timed(|| drop(black_box(scan16(&q32)))).as_secs_f64());
         if let Some(f) = faiss.as_mut() {
             t[4].push(f.search(q1, 1).0.as_secs_f64());
             t[5].push(f.search(&q32, 1).0.as_secs_f64());
@@ -379,6 +401,20 @@ fn main() {
         "  cmt scan q32             {:8.2} ms  {:6.1} GB/s",
         s32 * 1e3,
         gbs(s32)
+    );
+    let (h1, h32) = (m[6], m[7]);
+    println!(
+        "  cmt scan q1, bf16 keys   {:8.2} ms  {:6.1} GB/s  = {:.2}x the f32 scan, {:.0}% of half the faster read",
+        h1 * 1e3,
+        gbs(h1) / 2.0,
+        s1 / h1,
+        100.0 * rd / 2.0 / h1
+    );
+    println!(
+        "  cmt scan q32, bf16 keys  {:8.2} ms  {:6.1} GB/s  = {:.2}x the f32 scan",
+        h32 * 1e3,
+        gbs(h32) / 2.0,
+        s32 / h32
     );
     if let Some(f) = faiss.as_ref() {
         let (f1, f32_) = (m[4], m[5]);
