@@ -100,7 +100,13 @@ impl Compressor {
     fn run(&self, docs: &DocBatch) -> Result<(Compressed, Tape)> {
         self.check_batch(docs)?;
         let cfg = &self.cfg;
-        let (nd, t, d, a, f) = (docs.docs(), cfg.mem_tokens, cfg.d, cfg.attn_width(), cfg.mlp_hidden);
+        let (nd, t, d, a, f) = (
+            docs.docs(),
+            cfg.mem_tokens,
+            cfg.d,
+            cfg.attn_width(),
+            cfg.mlp_hidden,
+        );
         let r = nd * t;
         let mut x: Vec<f32> = self.params.q0.repeat(nd);
         let mut blocks = Vec::with_capacity(cfg.blocks);
@@ -109,7 +115,14 @@ impl Compressor {
             let mut xn_q = vec![0.0; r * d];
             rmsnorm(&x, &p.norm_q, cfg.eps, &mut xn_q);
             let mut q = vec![0.0; r * a];
-            gemm(&mut q, false, Mat::new(&xn_q, r, d), false, Mat::new(&p.wq, a, d), true);
+            gemm(
+                &mut q,
+                false,
+                Mat::new(&xn_q, r, d),
+                false,
+                Mat::new(&p.wq, a, d),
+                true,
+            );
             let w = CrossAttnWeights {
                 g_h: &p.norm_h,
                 wk: &p.wk,
@@ -118,14 +131,35 @@ impl Compressor {
             };
             let mut o = vec![0.0; r * a];
             let attn = fused::forward(&self.attn_dims(), docs, &w, &q, &mut o)?;
-            gemm(&mut x, true, Mat::new(&o, r, a), false, Mat::new(&p.wo, d, a), true);
+            gemm(
+                &mut x,
+                true,
+                Mat::new(&o, r, a),
+                false,
+                Mat::new(&p.wo, d, a),
+                true,
+            );
             let x_mid = x.clone();
             let mut xn_mlp = vec![0.0; r * d];
             rmsnorm(&x, &p.norm_mlp, cfg.eps, &mut xn_mlp);
             let mut z1 = vec![0.0; r * f];
-            gemm(&mut z1, false, Mat::new(&xn_mlp, r, d), false, Mat::new(&p.w1, f, d), true);
+            gemm(
+                &mut z1,
+                false,
+                Mat::new(&xn_mlp, r, d),
+                false,
+                Mat::new(&p.w1, f, d),
+                true,
+            );
             let act: Vec<f32> = z1.iter().map(|&z| silu(z)).collect();
-            gemm(&mut x, true, Mat::new(&act, r, f), false, Mat::new(&p.w2, d, f), true);
+            gemm(
+                &mut x,
+                true,
+                Mat::new(&act, r, f),
+                false,
+                Mat::new(&p.w2, d, f),
+                true,
+            );
             blocks.push(BlockTape {
                 x_in,
                 xn_q,
@@ -148,7 +182,14 @@ impl Compressor {
         }
         let kd = cfg.key_dim;
         let mut z = vec![0.0; nd * kd];
-        gemm(&mut z, false, Mat::new(&pooled, nd, d), false, Mat::new(&self.params.w_key, kd, d), true);
+        gemm(
+            &mut z,
+            false,
+            Mat::new(&pooled, nd, d),
+            false,
+            Mat::new(&self.params.w_key, kd, d),
+            true,
+        );
         let keys: Vec<f32> = z
             .chunks_exact(kd)
             .flat_map(|zr| {
@@ -224,12 +265,28 @@ impl Compressor {
                     *o = g * inv - z * c;
                 }
             }
-            gemm(&mut grads.w_key, true, Mat::new(&dz, nd, kd), true, Mat::new(&tape.pooled, nd, d), false);
+            gemm(
+                &mut grads.w_key,
+                true,
+                Mat::new(&dz, nd, kd),
+                true,
+                Mat::new(&tape.pooled, nd, d),
+                false,
+            );
             let mut dpooled = vec![0.0; nd * d];
-            gemm(&mut dpooled, false, Mat::new(&dz, nd, kd), false, Mat::new(&self.params.w_key, kd, d), false);
+            gemm(
+                &mut dpooled,
+                false,
+                Mat::new(&dz, nd, kd),
+                false,
+                Mat::new(&self.params.w_key, kd, d),
+                false,
+            );
             for (dxd, dp) in dx.chunks_exact_mut(t * d).zip(dpooled.chunks_exact(d)) {
                 for row in dxd.chunks_exact_mut(d) {
-                    row.iter_mut().zip(dp).for_each(|(x, &g)| *x += g / t as f32);
+                    row.iter_mut()
+                        .zip(dp)
+                        .for_each(|(x, &g)| *x += g / t as f32);
                 }
             }
         }
@@ -253,15 +310,67 @@ impl Compressor {
             .rev()
         {
             // MLP: x += w2 · silu(w1 · norm(x_mid)).
-            gemm(&mut g.w2, true, Mat::new(&dx, r, d), true, Mat::new(&bt.act, r, f), false);
-            gemm(&mut tmp_f, false, Mat::new(&dx, r, d), false, Mat::new(&p.w2, d, f), false);
-            tmp_f.iter_mut().zip(&bt.z1).for_each(|(g, &z)| *g *= silu_grad(z));
-            gemm(&mut g.w1, true, Mat::new(&tmp_f, r, f), true, Mat::new(&bt.xn_mlp, r, d), false);
-            gemm(&mut tmp_d, false, Mat::new(&tmp_f, r, f), false, Mat::new(&p.w1, f, d), false);
-            rmsnorm_backward(&bt.x_mid, &p.norm_mlp, cfg.eps, &tmp_d, &mut dx, &mut g.norm_mlp);
+            gemm(
+                &mut g.w2,
+                true,
+                Mat::new(&dx, r, d),
+                true,
+                Mat::new(&bt.act, r, f),
+                false,
+            );
+            gemm(
+                &mut tmp_f,
+                false,
+                Mat::new(&dx, r, d),
+                false,
+                Mat::new(&p.w2, d, f),
+                false,
+            );
+            tmp_f
+                .iter_mut()
+                .zip(&bt.z1)
+                .for_each(|(g, &z)| *g *= silu_grad(z));
+            gemm(
+                &mut g.w1,
+                true,
+                Mat::new(&tmp_f, r, f),
+                true,
+                Mat::new(&bt.xn_mlp, r, d),
+                false,
+            );
+            gemm(
+                &mut tmp_d,
+                false,
+                Mat::new(&tmp_f, r, f),
+                false,
+                Mat::new(&p.w1, f, d),
+                false,
+            );
+            rmsnorm_backward(
+                &bt.x_mid,
+                &p.norm_mlp,
+                cfg.eps,
+                &tmp_d,
+                &mut dx,
+                &mut g.norm_mlp,
+            );
             // Attention: x += wo · attn(q = wq · norm(x_in), H).
-            gemm(&mut g.wo, true, Mat::new(&dx, r, d), true, Mat::new(&bt.o, r, a), false);
-            gemm(&mut tmp_a, false, Mat::new(&dx, r, d), false, Mat::new(&p.wo, d, a), false);
+            gemm(
+                &mut g.wo,
+                true,
+                Mat::new(&dx, r, d),
+                true,
+                Mat::new(&bt.o, r, a),
+                false,
+            );
+            gemm(
+                &mut tmp_a,
+                false,
+                Mat::new(&dx, r, d),
+                false,
+                Mat::new(&p.wo, d, a),
+                false,
+            );
             let w = CrossAttnWeights {
                 g_h: &p.norm_h,
                 wk: &p.wk,
@@ -275,9 +384,31 @@ impl Compressor {
                 dg_h: &mut g.norm_h,
                 dh: &mut *d_h,
             };
-            fused::backward(&self.attn_dims(), docs, &w, &bt.q, &bt.attn, &tmp_a, &mut ag)?;
-            gemm(&mut g.wq, true, Mat::new(&dq, r, a), true, Mat::new(&bt.xn_q, r, d), false);
-            gemm(&mut tmp_d, false, Mat::new(&dq, r, a), false, Mat::new(&p.wq, a, d), false);
+            fused::backward(
+                &self.attn_dims(),
+                docs,
+                &w,
+                &bt.q,
+                &bt.attn,
+                &tmp_a,
+                &mut ag,
+            )?;
+            gemm(
+                &mut g.wq,
+                true,
+                Mat::new(&dq, r, a),
+                true,
+                Mat::new(&bt.xn_q, r, d),
+                false,
+            );
+            gemm(
+                &mut tmp_d,
+                false,
+                Mat::new(&dq, r, a),
+                false,
+                Mat::new(&p.wq, a, d),
+                false,
+            );
             rmsnorm_backward(&bt.x_in, &p.norm_q, cfg.eps, &tmp_d, &mut dx, &mut g.norm_q);
         }
         for dxd in dx.chunks_exact(t * d) {

@@ -2,14 +2,14 @@
 //! vectors and a matching key.
 pub mod attention;
 pub mod cache;
-// pub mod compressor; (enabled once attention::fused lands)
+pub mod compressor;
 pub mod config;
 pub mod encode;
 pub mod error;
 pub mod linalg;
 pub mod params;
 
-// pub use compressor::{Compressed, Compressor, Tape};
+pub use compressor::{Compressed, Compressor, Tape};
 pub use config::CompressorConfig;
 pub use error::{Error, Result};
 pub use params::{BlockParams, Params};

@@ -1,7 +1,18 @@
-//! The dense ops the compressor's query side needs: a strided GEMM (the `gemm` crate, the
-//! same kernels the runtime uses), row-wise RMSNorm forward/backward and SiLU.
+//! The dense ops the compressor's query side needs: a row-major GEMM with optional
+//! transposes, row-wise RMSNorm forward/backward and SiLU.
 //! Rows here are the batch's T memory tokens of every document, so these are real GEMMs
 //! (docs·T rows), not matrix-vector products.
+
+use crate::attention::linalg::{matmul, View};
+
+/// `op(x)` as a strided view: `x` itself or its transpose.
+fn view(x: Mat<'_>, t: bool) -> View<'_> {
+    if t {
+        View::t(x.data, x.cols)
+    } else {
+        View::rows(x.data, x.cols)
+    }
+}
 
 /// A row-major matrix view: `rows × cols`, element (i, j) at `data[i·cols + j]`.
 #[derive(Clone, Copy)]
@@ -23,7 +34,8 @@ impl<'a> Mat<'a> {
 }
 
 /// `dst[m, n] (+)= op(a) · op(b)` where `op(x)` is `x` or `xᵀ` (`ta`, `tb`). With
-/// `accumulate`, adds to what `dst` holds; otherwise overwrites it.
+/// `accumulate`, adds to what `dst` holds; otherwise overwrites it. Runs on the
+/// cross-attention's bounds-checked `gemm` wrapper with the current rayon pool.
 pub fn gemm(dst: &mut [f32], accumulate: bool, a: Mat, ta: bool, b: Mat, tb: bool) {
     let (m, k) = if ta {
         (a.cols, a.rows)
@@ -36,57 +48,18 @@ pub fn gemm(dst: &mut [f32], accumulate: bool, a: Mat, ta: bool, b: Mat, tb: boo
         (b.rows, b.cols)
     };
     assert_eq!(k, kb, "gemm: inner dimensions {k} and {kb} differ");
-    assert!(dst.len() >= m * n, "gemm: dst too small");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    // Strides of op(x): row-major x has (row stride cols, col stride 1); its transpose
-    // swaps them.
-    let strides = |x: &Mat, t: bool| {
-        if t {
-            (1isize, x.cols as isize)
-        } else {
-            (x.cols as isize, 1isize)
-        }
-    };
-    let (a_rs, a_cs) = strides(&a, ta);
-    let (b_rs, b_cs) = strides(&b, tb);
-    let par = match rayon::current_num_threads() {
-        0 | 1 => gemm::Parallelism::None,
-        t => gemm::Parallelism::Rayon(t),
-    };
-    // SAFETY: every access of gemm stays inside op(a) [m, k], op(b) [k, n] and dst [m, n]
-    // with the strides computed above; `Mat::new` checked a and b hold rows·cols values and
-    // dst was checked above. dst is a unique borrow, so it aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a_cs,
-            a_rs,
-            b.data.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    matmul(
+        m,
+        n,
+        k,
+        dst,
+        n,
+        accumulate,
+        view(a, ta),
+        view(b, tb),
+        1.0,
+        rayon::current_num_threads(),
+    );
 }
 
 /// `y = x ⊙ g / sqrt(mean(x²) + eps)` per row of width `g.len()`.

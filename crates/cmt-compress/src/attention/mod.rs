@@ -22,7 +22,7 @@
 use crate::error::{Error, Result};
 
 pub mod fused;
-mod linalg;
+pub(crate) mod linalg;
 pub mod slow;
 
 /// Dimensions of one cross-attention step.

@@ -37,7 +37,13 @@ pub fn forward(
     n_max: usize,
     lens: &[usize],
 ) -> (Vec<f64>, Vec<f64>) {
-    let (t, d, hd, heads, f) = (cfg.mem_tokens, cfg.d, cfg.head_dim, cfg.heads, cfg.mlp_hidden);
+    let (t, d, hd, heads, f) = (
+        cfg.mem_tokens,
+        cfg.d,
+        cfg.head_dim,
+        cfg.heads,
+        cfg.mlp_hidden,
+    );
     let a = heads * hd;
     let eps = f64::from(cfg.eps);
     let mut mems = Vec::new();
@@ -60,7 +66,11 @@ pub fn forward(
                     let s: Vec<f64> = k
                         .iter()
                         .map(|kj| {
-                            q[sl.clone()].iter().zip(&kj[sl.clone()]).map(|(x, y)| x * y).sum::<f64>()
+                            q[sl.clone()]
+                                .iter()
+                                .zip(&kj[sl.clone()])
+                                .map(|(x, y)| x * y)
+                                .sum::<f64>()
                                 / (hd as f64).sqrt()
                         })
                         .collect();
@@ -83,7 +93,10 @@ pub fn forward(
         }
         let mut pooled = vec![0.0; d];
         for xt in &x {
-            pooled.iter_mut().zip(xt).for_each(|(p, v)| *p += v / t as f64);
+            pooled
+                .iter_mut()
+                .zip(xt)
+                .for_each(|(p, v)| *p += v / t as f64);
         }
         let z = linear(&p["w_key"], &pooled, cfg.key_dim);
         let n = (z.iter().map(|v| v * v).sum::<f64>() + 1e-12).sqrt();
