@@ -32,7 +32,8 @@
 // Expected ceiling (reasoned, not yet measured on a GPU): the score and accumulate loops read
 // one f32 of y from shared memory per FMA (qhat, du and the accumulators are in registers), so
 // they are bound by shared-memory bandwidth (128 B/clk/SM) at about a quarter of the FP32 FMA
-// rate. ptxas: forward 128 registers on sm_90 (2 blocks/SM), backward 192 (1 block/SM). The
+// rate. ptxas: forward 128 registers (capped by __launch_bounds__ for 2 blocks/SM, no spills),
+// backward 175 (sm_80) / 192 (sm_90), 1 block/SM (a cap at 128 spills ~1 KiB/thread). The
 // upgrade is a tensor-core variant (S = qhat·Yᵀ and u += P·Y as mma tiles) beside this one.
 #include "common.cuh"
 
@@ -389,7 +390,7 @@ __device__ void ca_backward(float* dq, float* dh, const float* qhat, const T* h,
 }
 
 #define COMPRESS_ATTENTION(T, S)                                                                  \
-    extern "C" __global__ void __launch_bounds__(CA_THREADS) compress_attention_forward_##S(      \
+    extern "C" __global__ void __launch_bounds__(CA_THREADS, 2) compress_attention_forward_##S(   \
         float* u, float* lse, const float* qhat, const T* h, const int* lens, int docs, int tq,   \
         int n_max, int d, float eps) {                                                            \
         ca_forward<T>(u, lse, qhat, h, lens, docs, tq, n_max, d, eps);                            \
