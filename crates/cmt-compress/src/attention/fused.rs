@@ -39,8 +39,12 @@
 //!   across a document (or the whole batch) have a uniform stride `heads·d`.
 //! - [`forward`]: rayon over documents; per document the folded queries `qhat` come from
 //!   one small `gemm` per head, then [`kernel::hpass_forward`] streams H once in tiles of
-//!   [`kernel::TILE`] rows (tile scores `qhat·yᵀ` and `p·y` on `gemm`, online softmax and
-//!   the normalisation with AVX-512 row primitives), then `O = (g_h ⊙ u) Wvᵀ` per head.
+//!   [`kernel::TILE`] rows (online softmax, the normalisation and the score step with
+//!   dispatched AVX-512 row primitives), then `O = (g_h ⊙ u) Wvᵀ` per head.
+//! - Every product (tile scores `qhat·yᵀ`, `p·y`, the backward's three, and the per-head
+//!   query/output/weight products) goes through `mm`: a register-blocked AVX-512 kernel
+//!   (6 × 64 block of C in zmm registers, K blocked so the B panel stays in L1), or the
+//!   `gemm` crate on machines without AVX-512F.
 //!   With fewer documents than ~4× the threads, each document's query rows are also split
 //!   into groups of whole `t` ranges that run in parallel.
 //! - [`backward`]: rayon over documents (and over runs of H rows when there are few
@@ -52,7 +56,11 @@
 mod backward;
 mod forward;
 pub mod kernel;
+mod mm;
 mod simd;
+
+#[doc(hidden)]
+pub use mm::force_portable;
 
 pub use backward::backward;
 pub use forward::forward;

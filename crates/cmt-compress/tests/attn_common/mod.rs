@@ -1,7 +1,9 @@
 //! Shared helpers of the cross-attention tests: random cases and an independent scalar
 //! f64 forward.
 #![allow(dead_code)]
-use cmt_compress::attention::{CrossAttnDims, CrossAttnGrads, CrossAttnWeights, DocBatch};
+use cmt_compress::attention::{
+    fused, slow, CrossAttnDims, CrossAttnGrads, CrossAttnWeights, DocBatch,
+};
 
 /// SplitMix64: deterministic values from a seed.
 pub struct Rng(u64);
@@ -210,4 +212,59 @@ pub fn assert_close(name: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
 
 pub fn to64(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
+}
+
+const RTOL: f64 = 1e-4;
+
+/// atol scaled to the buffer's magnitude, floored at the O(1) scale of the terms: f32
+/// rounding is relative to the size of the summed terms, not of a cancelling result (with
+/// len = 1 the softmax is constant and the exact dq is 0, built from O(1) terms that
+/// cancel).
+fn atol_for(want: &[f64]) -> f64 {
+    let max = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    1e-5 * max.max(1.0)
+}
+
+/// Fused vs slow on one case: forward, every gradient (accumulated onto prefilled
+/// buffers), and untouched padding rows of dh.
+pub fn check_fused_against_slow(c: &Case) {
+    let (docs, w) = (c.docs(), c.weights());
+    let mut want = vec![f32::NAN; c.out_len()];
+    slow::forward(&c.dims, &docs, &w, &c.q, &mut want).unwrap();
+    let mut got = vec![f32::NAN; c.out_len()];
+    let saved = fused::forward(&c.dims, &docs, &w, &c.q, &mut got).unwrap();
+    let want = to64(&want);
+    assert_close("out", &got, &want, atol_for(&want), RTOL);
+
+    let init = Grads::filled(c, 99);
+    let (mut gs, mut gf) = (init.clone(), init.clone());
+    slow::backward(&c.dims, &docs, &w, &c.q, &c.d_out, &mut gs.view()).unwrap();
+    fused::backward(&c.dims, &docs, &w, &c.q, &saved, &c.d_out, &mut gf.view()).unwrap();
+    for ((name, got), (_, want)) in gf.named().into_iter().zip(gs.named()) {
+        // Compare the gradient itself, not the prefilled values it was added to.
+        let k = ["dq", "dwk", "dwv", "dg_h", "dh"]
+            .iter()
+            .position(|n| *n == name)
+            .unwrap();
+        let base: &[f32] = if k == 0 { &[] } else { init.named()[k].1 };
+        let sub = |v: &[f32]| -> Vec<f64> {
+            v.iter()
+                .enumerate()
+                .map(|(i, &x)| x as f64 - base.get(i).map_or(0.0, |&b| b as f64))
+                .collect()
+        };
+        let (got, want) = (sub(got), sub(want));
+        let got32: Vec<f32> = got.iter().map(|&x| x as f32).collect();
+        assert_close(name, &got32, &want, atol_for(&want), RTOL);
+    }
+    // Padding rows of dh are left exactly as they were.
+    let d = c.dims.d;
+    for (b, &len) in c.lens.iter().enumerate() {
+        let pad = (b * c.n_max + len) * d..(b + 1) * c.n_max * d;
+        assert_eq!(
+            gf.dh[pad.clone()],
+            init.dh[pad],
+            "doc {b}: padding rows of dh changed"
+        );
+    }
 }

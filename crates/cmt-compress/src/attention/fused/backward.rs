@@ -1,8 +1,10 @@
 //! Fused backward: per document, the folded query/output gradients around one
 //! FlashAttention-2-style pass over H ([`hpass_backward`]).
+use super::forward::transpose;
 use super::kernel::{hpass_backward, KernelScratch, TILE};
+use super::mm::mm;
 use super::{pieces_per_doc, simd, Saved};
-use crate::attention::linalg::{matmul, View};
+use crate::attention::linalg::View;
 use crate::attention::DocBatch;
 use crate::attention::{check_grad_shapes, CrossAttnDims, CrossAttnGrads, CrossAttnWeights};
 use crate::error::{Error, Result};
@@ -16,7 +18,9 @@ struct Ctx<'a> {
     a: usize,
     hd: usize,
     heads: usize,
-    scale: f32,
+    /// Wk / √hd  `[A, d]` and its transpose `[d, A]`.
+    wks: Vec<f32>,
+    wks_t: Vec<f32>,
     /// Runs of H rows per document processed in parallel (whole tiles each).
     runs: usize,
 }
@@ -33,7 +37,7 @@ struct DocIn<'a> {
 
 /// Per-thread weight-gradient partials and document scratch.
 struct Acc {
-    /// Σ q_hᵀ · dqraw_h / √hd  (= dWk).
+    /// Σ q_hᵀ · dqraw_h  (dWk before the scaling by 1/√hd).
     dwk: Vec<f32>,
     /// Σ dO_hᵀ · u_h  (dWv before the column scaling by g_h).
     dwv: Vec<f32>,
@@ -65,13 +69,13 @@ impl Acc {
     /// One document: writes its `dq` and `dh` rows, adds to the partials.
     fn doc(&mut self, c: &Ctx, x: DocIn, dq: &mut [f32], dh: &mut [f32]) {
         let (t, d, a, hd, heads, tq) = (c.t, c.d, c.a, c.hd, c.heads, c.t * c.heads);
-        let (w, gh, scale) = (c.w, c.w.g_h, c.scale);
+        let (w, gh) = (c.w, c.w.g_h);
         let (du, qhat) = self.qd.split_at_mut(tq * d);
         for hh in 0..heads {
             // qraw_h = q_h Wk_h / √hd;  dU_h = dO_h Wv_h (into du).
             let qv = View::rows(&x.q[hh * hd..], a);
-            let wkv = View::rows(&w.wk[hh * hd * d..], d);
-            matmul(
+            let wks = &c.wks[hh * hd * d..];
+            mm(
                 t,
                 d,
                 hd,
@@ -79,24 +83,12 @@ impl Acc {
                 heads * d,
                 false,
                 qv,
-                wkv,
-                scale,
-                1,
+                wks,
+                d,
             );
             let dov = View::rows(&x.d_out[hh * hd..], a);
-            let wvv = View::rows(&w.wv[hh * hd * d..], d);
-            matmul(
-                t,
-                d,
-                hd,
-                &mut du[hh * d..],
-                heads * d,
-                false,
-                dov,
-                wvv,
-                1.0,
-                1,
-            );
+            let wv = &w.wv[hh * hd * d..];
+            mm(t, d, hd, &mut du[hh * d..], heads * d, false, dov, wv, d);
         }
         // qhat = g ⊙ qraw;  dg += dU ⊙ u;  du = g ⊙ dU;  δ = du·u.
         for (i, delta) in self.delta.iter_mut().enumerate() {
@@ -150,21 +142,31 @@ impl Acc {
             simd::mul_assign(dqr, gh);
         }
         for hh in 0..heads {
-            let dqr = View {
-                data: &dqraw[hh * d..],
+            let dqr = &dqraw[hh * d..];
+            let dqv = View {
+                data: dqr,
                 rs: heads * d,
                 cs: 1,
             };
-            // dq_h = dqraw_h Wk_hᵀ / √hd
-            let wkt = View::t(&w.wk[hh * hd * d..], d);
-            matmul(t, hd, d, &mut dq[hh * hd..], a, false, dqr, wkt, scale, 1);
-            // dWk_h += q_hᵀ dqraw_h / √hd;  dWv_h (before ⊙ g) += dO_hᵀ u_h
+            // dq_h = dqraw_h (Wk_h / √hd)ᵀ
+            mm(
+                t,
+                hd,
+                d,
+                &mut dq[hh * hd..],
+                a,
+                false,
+                dqv,
+                &c.wks_t[hh * hd..],
+                a,
+            );
+            // dWk_h (before / √hd) += q_hᵀ dqraw_h;  dWv_h (before ⊙ g) += dO_hᵀ u_h
             let qt = View {
                 data: &x.q[hh * hd..],
                 rs: 1,
                 cs: a,
             };
-            matmul(
+            mm(
                 hd,
                 d,
                 t,
@@ -173,20 +175,15 @@ impl Acc {
                 true,
                 qt,
                 dqr,
-                scale,
-                1,
+                heads * d,
             );
             let dot = View {
                 data: &x.d_out[hh * hd..],
                 rs: 1,
                 cs: a,
             };
-            let uv = View {
-                data: &x.u[hh * d..],
-                rs: heads * d,
-                cs: 1,
-            };
-            matmul(
+            let u = &x.u[hh * d..];
+            mm(
                 hd,
                 d,
                 t,
@@ -194,9 +191,8 @@ impl Acc {
                 d,
                 true,
                 dot,
-                uv,
-                1.0,
-                1,
+                u,
+                heads * d,
             );
         }
     }
@@ -238,6 +234,8 @@ pub fn backward(
     }
     let runs = pieces_per_doc(nd, n_max.div_ceil(TILE));
     let scale = 1.0 / (hd as f32).sqrt();
+    let wks: Vec<f32> = w.wk.iter().map(|x| x * scale).collect();
+    let wks_t = transpose(&wks, a, d);
     let c = Ctx {
         w,
         t,
@@ -245,7 +243,8 @@ pub fn backward(
         a,
         hd,
         heads,
-        scale,
+        wks,
+        wks_t,
         runs,
     };
     let acc =
@@ -271,7 +270,10 @@ pub fn backward(
             )
             .reduce_with(Acc::add)
             .expect("at least one document");
-    g.dwk.iter_mut().zip(&acc.dwk).for_each(|(x, y)| *x += y);
+    g.dwk
+        .iter_mut()
+        .zip(&acc.dwk)
+        .for_each(|(x, y)| *x += y * scale);
     for (x, y) in g.dwv.chunks_exact_mut(d).zip(acc.dwv.chunks_exact(d)) {
         for ((x, y), gc) in x.iter_mut().zip(y).zip(w.g_h) {
             *x += y * gc;

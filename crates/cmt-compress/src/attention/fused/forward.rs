@@ -1,7 +1,8 @@
 //! Fused forward: folded queries, one H pass per document, folded output.
 use super::kernel::{hpass_forward, KernelScratch};
+use super::mm::mm;
 use super::{pieces_per_doc, Saved};
-use crate::attention::linalg::{matmul, View};
+use crate::attention::linalg::View;
 use crate::attention::{check_shapes, CrossAttnDims, CrossAttnWeights, DocBatch};
 use crate::error::Result;
 use rayon::prelude::*;
@@ -13,6 +14,17 @@ pub(super) fn fold_gain(w: &[f32], g: &[f32], scale: f32) -> Vec<f32> {
     for (o, r) in out.chunks_exact_mut(d).zip(w.chunks_exact(d)) {
         for ((o, x), g) in o.iter_mut().zip(r).zip(g) {
             *o = x * g * scale;
+        }
+    }
+    out
+}
+
+/// `[cols, rows]` from `[rows, cols]`.
+pub(super) fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; rows * cols];
+    for (r, row) in x.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
         }
     }
     out
@@ -41,7 +53,7 @@ pub fn forward(
     }
     // qhat_i = (g_h ⊙ Wk_hᵀ q)/√hd = q · (Wk ⊙ g/√hd); O = u · (Wv ⊙ g)ᵀ.
     let wkg = fold_gain(w.wk, w.g_h, 1.0 / (hd as f32).sqrt());
-    let wvg = fold_gain(w.wv, w.g_h, 1.0);
+    let wvg_t = transpose(&fold_gain(w.wv, w.g_h, 1.0), a, d);
     // Query groups: runs of whole t values (rows t·heads .. ), so each is contiguous.
     let groups = pieces_per_doc(nd, t);
     let group_rows = t.div_ceil(groups) * heads;
@@ -56,22 +68,9 @@ pub fn forward(
             || (vec![0.0f32; tq * d], KernelScratch::new(group_rows, d)),
             |(qhat, ks), (((((o, u), lse), qd), h), &len)| {
                 for hh in 0..heads {
-                    let (qv, wv) = (
-                        View::rows(&qd[hh * hd..], a),
-                        View::rows(&wkg[hh * hd * d..], d),
-                    );
-                    matmul(
-                        t,
-                        d,
-                        hd,
-                        &mut qhat[hh * d..],
-                        heads * d,
-                        false,
-                        qv,
-                        wv,
-                        1.0,
-                        1,
-                    );
+                    let qv = View::rows(&qd[hh * hd..], a);
+                    let b = &wkg[hh * hd * d..];
+                    mm(t, d, hd, &mut qhat[hh * d..], heads * d, false, qv, b, d);
                 }
                 let h = &h[..len * d];
                 if groups == 1 {
@@ -91,8 +90,17 @@ pub fn forward(
                         rs: heads * d,
                         cs: 1,
                     };
-                    let wv = View::t(&wvg[hh * hd * d..], d);
-                    matmul(t, hd, d, &mut o[hh * hd..], a, false, uv, wv, 1.0, 1);
+                    mm(
+                        t,
+                        hd,
+                        d,
+                        &mut o[hh * hd..],
+                        a,
+                        false,
+                        uv,
+                        &wvg_t[hh * hd..],
+                        a,
+                    );
                 }
             },
         );

@@ -2,16 +2,19 @@
 //! cross-attention that `kernels/compress_attention.cu` implements too. Both work on one
 //! document, stream its rows in tiles of [`TILE`] rows (the normalised tile `y` stays in
 //! L1/L2 while it is used), and never hold more than a `rows × TILE` block of scores.
+use super::mm::mm;
 use super::simd;
-use crate::attention::linalg::{matmul, View};
+use crate::attention::linalg::View;
 
 /// H rows per tile.
-pub const TILE: usize = 64;
+pub const TILE: usize = 128;
 
 /// Buffers of the kernels, sized once for `rows` query rows (the backward uses twice as
 /// many score rows) and width `d`; reused across tiles and documents.
 pub struct KernelScratch {
     y: Vec<f32>,
+    /// yᵀ `[d, TILE]`.
+    yt: Vec<f32>,
     dy: Vec<f32>,
     rinv: Vec<f32>,
     s: Vec<f32>,
@@ -23,6 +26,7 @@ impl KernelScratch {
     pub fn new(rows: usize, d: usize) -> Self {
         Self {
             y: vec![0.0; TILE * d],
+            yt: vec![0.0; TILE * d],
             dy: vec![0.0; TILE * d],
             rinv: vec![0.0; TILE],
             s: vec![0.0; 2 * rows * TILE],
@@ -38,6 +42,17 @@ impl KernelScratch {
             let r = 1.0 / (simd::dot(row, row) / d as f32 + eps).sqrt();
             self.rinv[j] = r;
             simd::scale_to(row, r, &mut self.y[j * d..(j + 1) * d]);
+        }
+        // yᵀ in 16 × 16 blocks, so reads and writes of a block stay in L1.
+        const B: usize = 16;
+        for j0 in (0..bn).step_by(B) {
+            for c0 in (0..d).step_by(B) {
+                for j in j0..(j0 + B).min(bn) {
+                    for c in c0..(c0 + B).min(d) {
+                        self.yt[c * TILE + j] = self.y[j * d + c];
+                    }
+                }
+            }
         }
     }
 }
@@ -66,8 +81,17 @@ pub fn hpass_forward(
         let bn = TILE.min(len - j0);
         sc.normalise(&h[j0 * d..(j0 + bn) * d], bn, d, eps);
         // s = qhat · yᵀ  [rows, bn]
-        let (qv, yt) = (View::rows(qhat, d), View::t(&sc.y, d));
-        matmul(rows, bn, d, &mut sc.s, bn, false, qv, yt, 1.0, 1);
+        mm(
+            rows,
+            bn,
+            d,
+            &mut sc.s,
+            bn,
+            false,
+            View::rows(qhat, d),
+            &sc.yt,
+            TILE,
+        );
         // Online softmax: p = e^{s − m_new}; rescale what u and l hold by e^{m_old − m_new}.
         for i in 0..rows {
             let srow = &mut sc.s[i * bn..(i + 1) * bn];
@@ -80,8 +104,7 @@ pub fn hpass_forward(
             sc.m[i] = m_new;
         }
         // u (+)= p · y
-        let (pv, yv) = (View::rows(&sc.s, bn), View::rows(&sc.y, d));
-        matmul(rows, d, bn, u, d, j0 > 0, pv, yv, 1.0, 1);
+        mm(rows, d, bn, u, d, j0 > 0, View::rows(&sc.s, bn), &sc.y, d);
     }
     for i in 0..rows {
         lse[i] = sc.m[i] + sc.l[i].ln();
@@ -115,8 +138,17 @@ pub fn hpass_backward(
         let bn = TILE.min(len - j0);
         sc.normalise(&h[j0 * d..(j0 + bn) * d], bn, d, eps);
         // [du·yᵀ; s] = qd · yᵀ  [2·rows, bn]
-        let (qv, yt) = (View::rows(qd, d), View::t(&sc.y, d));
-        matmul(2 * rows, bn, d, &mut sc.s, bn, false, qv, yt, 1.0, 1);
+        mm(
+            2 * rows,
+            bn,
+            d,
+            &mut sc.s,
+            bn,
+            false,
+            View::rows(qd, d),
+            &sc.yt,
+            TILE,
+        );
         // → [p; ds]: p = e^{s − lse}, ds = p·(du·y − δ).
         let (top, bottom) = sc.s[..2 * rows * bn].split_at_mut(rows * bn);
         for i in 0..rows {
@@ -124,11 +156,20 @@ pub fn hpass_backward(
             simd::bwd_probs(&mut top[r.clone()], &mut bottom[r], lse[i], delta[i]);
         }
         // dqhat += ds · y
-        let (dsv, yv) = (View::rows(&sc.s[rows * bn..], bn), View::rows(&sc.y, d));
-        matmul(rows, d, bn, dqhat, d, true, dsv, yv, 1.0, 1);
+        let dsv = View::rows(&sc.s[rows * bn..], bn);
+        mm(rows, d, bn, dqhat, d, true, dsv, &sc.y, d);
         // dy = [p; ds]ᵀ · [du; qhat]  [bn, d]
-        let (pt, qv) = (View::t(&sc.s, bn), View::rows(qd, d));
-        matmul(bn, d, 2 * rows, &mut sc.dy, d, false, pt, qv, 1.0, 1);
+        mm(
+            bn,
+            d,
+            2 * rows,
+            &mut sc.dy,
+            d,
+            false,
+            View::t(&sc.s, bn),
+            qd,
+            d,
+        );
         for j in 0..bn {
             let r = j * d..(j + 1) * d;
             let dh_row = &mut dh[(j0 + j) * d..(j0 + j + 1) * d];

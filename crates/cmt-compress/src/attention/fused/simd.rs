@@ -52,6 +52,7 @@ fn exp_lane(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+#[inline(always)]
 fn max_body(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; L];
     let mut c = x.chunks_exact(L);
@@ -64,6 +65,7 @@ fn max_body(x: &[f32]) -> f32 {
     c.remainder().iter().fold(m, |a, &b| a.max(b))
 }
 
+#[inline(always)]
 fn exp_shift_body(x: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0.0f32; L];
     let mut c = x.chunks_exact_mut(L);
@@ -81,6 +83,7 @@ fn exp_shift_body(x: &mut [f32], shift: f32) -> f32 {
     s
 }
 
+#[inline(always)]
 fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; L];
     let (mut ca, mut cb) = (a.chunks_exact(L), b.chunks_exact(L));
@@ -98,14 +101,17 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
         .sum::<f32>()
 }
 
+#[inline(always)]
 fn scale_body(x: &mut [f32], alpha: f32) {
     x.iter_mut().for_each(|v| *v *= alpha);
 }
 
+#[inline(always)]
 fn scale_to_body(x: &[f32], alpha: f32, out: &mut [f32]) {
     out.iter_mut().zip(x).for_each(|(o, v)| *o = v * alpha);
 }
 
+#[inline(always)]
 fn mul_to_body(x: &[f32], y: &[f32], out: &mut [f32]) {
     out.iter_mut()
         .zip(x)
@@ -113,10 +119,12 @@ fn mul_to_body(x: &[f32], y: &[f32], out: &mut [f32]) {
         .for_each(|((o, a), b)| *o = a * b);
 }
 
+#[inline(always)]
 fn mul_assign_body(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a *= b);
 }
 
+#[inline(always)]
 fn bwd_probs_body(dpu: &mut [f32], s: &mut [f32], lse: f32, delta: f32) {
     for (a, b) in dpu.iter_mut().zip(s.iter_mut()) {
         let p = exp_lane(*b - lse);
@@ -125,6 +133,7 @@ fn bwd_probs_body(dpu: &mut [f32], s: &mut [f32], lse: f32, delta: f32) {
     }
 }
 
+#[inline(always)]
 fn dh_body(dy: &[f32], y: &[f32], rinv: f32, dh: &mut [f32]) {
     let coef = dot_body(dy, y) / y.len() as f32;
     for ((o, a), b) in dh.iter_mut().zip(dy).zip(y) {
@@ -132,6 +141,7 @@ fn dh_body(dy: &[f32], y: &[f32], rinv: f32, dh: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn acc_mul_body(x: &[f32], y: &[f32], acc: &mut [f32]) {
     acc.iter_mut()
         .zip(x)
