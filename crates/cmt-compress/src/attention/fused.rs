@@ -38,21 +38,23 @@
 //! - Query rows are kept in the order `i = t·heads + h` of the formulas, so one head's rows
 //!   across a document (or the whole batch) have a uniform stride `heads·d`.
 //! - [`forward`]: rayon over documents; per document the folded queries `qhat` come from
-//!   one small `gemm` per head, then [`kernel::hpass_forward`] streams H once in tiles of
+//!   one small product per head, then [`kernel::hpass_forward`] streams H once in tiles of
 //!   [`kernel::TILE`] rows (online softmax, the normalisation and the score step with
-//!   dispatched AVX-512 row primitives), then `O = (g_h ⊙ u) Wvᵀ` per head.
-//! - Every product (tile scores `qhat·yᵀ`, `p·y`, the backward's three, and the per-head
-//!   query/output/weight products) goes through `mm`: a register-blocked AVX-512 kernel
-//!   (6 × 64 block of C in zmm registers, K blocked so the B panel stays in L1), or the
-//!   `gemm` crate on machines without AVX-512F.
-//!   With fewer documents than ~4× the threads, each document's query rows are also split
-//!   into groups of whole `t` ranges that run in parallel.
+//!   dispatched AVX-512 row primitives), then `O = (g_h ⊙ u) Wvᵀ` per head. With fewer
+//!   documents than ~4× the threads, each document's query rows are also split into groups
+//!   of whole `t` ranges that run in parallel.
 //! - [`backward`]: rayon over documents (and over runs of H rows when there are few
 //!   documents, each run with its own `dqhat` partial, summed after);
 //!   [`kernel::hpass_backward`] recomputes `p` from `lse`. Weight gradients are summed in
 //!   per-thread partials and reduced once.
+//! - Every product (tile scores `qhat·yᵀ`, `p·y`, the backward's three, and the per-head
+//!   query/output/weight products) goes through `mm`: a register-blocked AVX-512 kernel
+//!   (6 × 64 block of C in zmm registers, K blocked so the B panel stays in L1, B read in
+//!   place), or the `gemm` crate on machines without AVX-512F.
 //! - [`Saved`] holds `u` and `lse`: `O(docs·TQ·d)`; `qhat` is recomputed in the backward
-//!   (one small `gemm` per head per document).
+//!   (one small product per head per document).
+//! - Buffers are allocated once per call and rayon split, never per tile; only when few
+//!   documents are split into parallel pieces does each piece get its own tile scratch.
 mod backward;
 mod forward;
 pub mod kernel;
