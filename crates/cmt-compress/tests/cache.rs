@@ -83,6 +83,9 @@ fn inserts_are_visible_after_commit_and_readers_refresh() {
     w.insert(&ids, &rows(5, 1)).unwrap();
     w.insert(&ids, &rows(5, 1)).unwrap(); // duplicate: skipped
     assert!(w.get(&ids).unwrap().is_none(), "not committed yet");
+    // A reader opened mid-append sees the committed state and no error.
+    let mut mid = HiddenCache::open_reader(dir.path(), &k).unwrap();
+    assert!(mid.is_empty() && mid.get(&ids).unwrap().is_none());
     w.commit().unwrap();
     assert_eq!(w.len(), 1);
     assert!(bits_equal(w.get(&ids).unwrap().unwrap(), &rows(5, 1)));

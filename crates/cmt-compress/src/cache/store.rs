@@ -73,20 +73,21 @@ impl HiddenCache {
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
         let lock = WriterLock::acquire(&dir)?;
         let path = dir.join(DATA_FILE);
+        if !path.exists() {
+            // A new file appears complete (header and empty commit) or not at all, so a
+            // reader never sees a half-written header. We hold the lock: nobody else is
+            // creating it.
+            let tmp = dir.join(format!("{DATA_FILE}.tmp"));
+            std::fs::write(&tmp, format::new_file_prefix(key))
+                .and_then(|_| File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| io(&path, e))?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
             .open(&path)
             .map_err(|e| io(&path, e))?;
-        let len = file.metadata().map_err(|e| io(&path, e))?.len();
-        if len == 0 {
-            // New file (we hold the lock, so nobody else is creating it).
-            file.write_all_at(&format::new_file_prefix(key), 0)
-                .and_then(|_| file.sync_data())
-                .map_err(|e| io(&path, e))?;
-        }
         let writer = Writer {
             _lock: lock,
             seq: 0,

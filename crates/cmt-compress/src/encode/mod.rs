@@ -36,6 +36,7 @@ pub enum Progress {
     /// [`Progress::AUTO_MIN_TOKENS`] tokens.
     #[default]
     Auto,
+    /// Whatever the size of the encode (indicatif still draws only to a terminal).
     Always,
     Never,
 }
