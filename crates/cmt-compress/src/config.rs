@@ -24,7 +24,10 @@ impl CompressorConfig {
     /// The defaults of DESIGN §1 for a model of hidden size `d`: T = 16, B = 2, heads of
     /// 64 (or the largest divisor of d not above 64), MLP 2·d, r = 128.
     pub fn for_hidden(d: usize) -> Self {
-        let head_dim = (1..=64.min(d)).rev().find(|h| d.is_multiple_of(*h)).unwrap_or(1);
+        let head_dim = (1..=64.min(d))
+            .rev()
+            .find(|h| d.is_multiple_of(*h))
+            .unwrap_or(1);
         CompressorConfig {
             d,
             mem_tokens: 16,
