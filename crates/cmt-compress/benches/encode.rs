@@ -5,11 +5,16 @@
 //!   default bit-reproducible grouping (each 256-token chunk is its own forward step);
 //! - `theta_packed`: the same, chunks packed into steps by the token budget alone;
 //! - `cache_hit`: the same documents served by the hidden-state cache (open a reader,
-//!   look every chunk up, check its crc, copy it into the padded batch).
+//!   look every chunk up, check its crc, copy it into the padded batch);
+//! - `compress`: the compressor C_φ alone (default config for the model, fresh init) on
+//!   the encoded hidden states of the 16 documents;
+//! - `theta_compress`: end to end, tokens → θ → C_φ → memories and keys.
 //!
 //! Throughput is reported in documents; tokens/s = documents/s × 256. Skips with a message
 //! when the default model cannot be had.
 use cmt_compress::cache::{CacheKey, HiddenCache};
+use cmt_compress::compressor::Compressor;
+use cmt_compress::config::CompressorConfig;
 use cmt_compress::encode::{Chunking, EncodeOptions, Encoder, Progress};
 use cmt_runtime::{CpuBackend, Model};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -33,6 +38,8 @@ const STAGES: &[(&str, Stage)] = &[
     ("theta", theta),
     ("theta_packed", theta_packed),
     ("cache_hit", cache_hit),
+    ("compress", compress),
+    ("theta_compress", theta_compress),
 ];
 
 fn options(batch_invariant: bool) -> EncodeOptions {
@@ -80,6 +87,39 @@ fn cache_hit(c: &mut Criterion, ctx: &Ctx) {
             let (out, stats) = enc.encode_cached(ctx.docs, &mut r).expect("cached encode");
             assert_eq!(stats.misses, 0);
             out
+        });
+    });
+    g.finish();
+}
+
+fn compressor(ctx: &Ctx) -> Compressor {
+    let cfg = CompressorConfig::for_hidden(ctx.model.cfg.hidden);
+    Compressor::init(cfg, 7).expect("compressor")
+}
+
+fn compress(c: &mut Criterion, ctx: &Ctx) {
+    let enc = Encoder::new(ctx.model, options(true)).expect("encoder");
+    let encoded = enc.encode(ctx.docs).expect("encode");
+    let comp = compressor(ctx);
+    let mut g = c.benchmark_group("encode");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(DOCS as u64));
+    g.bench_function("compress", |b| {
+        b.iter(|| comp.forward(&encoded.doc_batch()).expect("compress"));
+    });
+    g.finish();
+}
+
+fn theta_compress(c: &mut Criterion, ctx: &Ctx) {
+    let enc = Encoder::new(ctx.model, options(true)).expect("encoder");
+    let comp = compressor(ctx);
+    let mut g = c.benchmark_group("encode");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(DOCS as u64));
+    g.bench_function("theta_compress", |b| {
+        b.iter(|| {
+            let encoded = enc.encode(ctx.docs).expect("encode");
+            comp.forward(&encoded.doc_batch()).expect("compress")
         });
     });
     g.finish();
