@@ -3,6 +3,12 @@ use crate::exec::{CheckError, Exec};
 use cmt_runtime::cuda::Launch;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::ptr::NonNull;
+use std::sync::Mutex;
+
+/// The emulator maps `__shared__` to a function-local static (emu/cmt_emu.h), so two launches
+/// of one kernel from two threads at once (the test harness runs tests in parallel) would
+/// share a block's shared memory: every launch in the process holds this lock.
+static LAUNCH: Mutex<()> = Mutex::new(());
 
 extern "C" {
     fn cmt_emu_launch(
@@ -93,6 +99,7 @@ impl Exec for Emu {
         }
         let name = CString::new(l.entry.as_str())
             .map_err(|_| CheckError::Emu("NUL in kernel name".into()))?;
+        let _serial = LAUNCH.lock().unwrap_or_else(|p| p.into_inner());
         let mut slots = l.arg_slots();
         let mut params: Vec<*mut c_void> = slots
             .iter_mut()

@@ -10,16 +10,6 @@ use cmt_kernel_check::emu::Emu;
 use cmt_runtime::cuda::launch::compress::{compress_attention_forward, Dims, MAX_D};
 use cmt_runtime::cuda::DType;
 use proptest::prelude::*;
-use std::sync::{Mutex, MutexGuard};
-
-/// The emulator maps `__shared__` to a function-local static, so two tests launching the same
-/// kernel at once (the harness runs tests on parallel threads) would share a block's shared
-/// memory. Every test here holds this lock while it launches.
-static EMULATOR: Mutex<()> = Mutex::new(());
-
-fn emulator() -> MutexGuard<'static, ()> {
-    EMULATOR.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn check(r: Result<Vec<Measured>, cmt_kernel_check::CheckError>) -> Result<(), TestCaseError> {
     let outs = r.map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -61,7 +51,6 @@ proptest! {
         seed: u64,
     ) {
         let dims = Dims { docs, tq, n_max, d };
-        let _emu = emulator();
         check(compress_attention(&Emu, dt, dims, &lens_of(docs, n_max, raw), true, seed))?;
     }
 }
@@ -70,7 +59,6 @@ proptest! {
 /// one-row-at-a-time steps: d = 1000 gives 8-row tiles and 4-query dH chunks.
 #[test]
 fn many_tiles_and_query_chunks() {
-    let _emu = emulator();
     for dt in DType::ALL {
         let dims = Dims {
             docs: 2,
@@ -88,7 +76,6 @@ fn many_tiles_and_query_chunks() {
 /// tq = 144 = 18 query groups, as for SmolLM2-135M with T = 16, 9 heads.
 #[test]
 fn smollm2_width_and_query_count() {
-    let _emu = emulator();
     let dims = Dims {
         docs: 1,
         tq: 144,
@@ -103,7 +90,6 @@ fn smollm2_width_and_query_count() {
 /// the backward without dH (only the dqhat blocks run; dH must stay as it was).
 #[test]
 fn empty_document_and_null_dh() {
-    let _emu = emulator();
     for dt in DType::ALL {
         let dims = Dims {
             docs: 3,

@@ -3,19 +3,12 @@
 //! count, an all-deleted bank, several scan blocks and several tiles per block, sizes that
 //! are not multiples of the block, more than one group of 32 questions, f32 and bf16 keys
 //! and memories, poisoned outputs with guard zones.
-//!
-//! The emulator keeps `__shared__` in function statics, so two launches of the same kernel
-//! from two test threads would share them: every test takes `LOCK`.
 use cmt_kernel_check::cases::topk::{gpu_suite_n, print_report, topk_aggregate, Spec};
 use cmt_kernel_check::emu::Emu;
 use cmt_runtime::cuda::DType;
 use proptest::prelude::*;
-use std::sync::Mutex;
-
-static LOCK: Mutex<()> = Mutex::new(());
 
 fn check(s: &Spec) -> Result<(), TestCaseError> {
-    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let outs = topk_aggregate(&Emu, s).map_err(|e| TestCaseError::fail(format!("{s:?}: {e}")))?;
     for o in outs {
         prop_assert!(
@@ -104,7 +97,6 @@ fn massive_ties() {
 /// and bf16 keys) on a bank small enough to emulate, through the same report.
 #[test]
 fn gpu_suite_on_a_small_bank() {
-    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let outs = gpu_suite_n(&Emu, 600).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(outs.len(), 8);
     assert_eq!(print_report(&outs), 0, "a case failed");
