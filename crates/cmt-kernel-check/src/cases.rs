@@ -27,6 +27,28 @@ pub struct Outcome {
     pub time_ms: Option<f64>,
 }
 
+impl Outcome {
+    /// `Err("<kernel> <shape>: <failures>")` when the kernel failed.
+    pub fn check(&self) -> Result<(), String> {
+        if self.failures.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} {}: {:?}",
+                self.kernel, self.shape, self.failures
+            ))
+        }
+    }
+
+    /// The status column of a report: `ok` or `FAIL [failures]`.
+    pub fn status(&self) -> String {
+        match self.check() {
+            Ok(()) => "ok".to_string(),
+            Err(_) => format!("FAIL {:?}", self.failures),
+        }
+    }
+}
+
 /// SplitMix64: tiny, deterministic, no dependency.
 pub struct Rng(u64);
 impl Rng {

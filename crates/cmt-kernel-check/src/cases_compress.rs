@@ -503,12 +503,8 @@ pub fn print_report(outs: &[Measured]) -> usize {
             }
             None => format!("{:>10} {:>7} {:>8} {:>6} {:>6}", "-", "-", "-", "-", "-"),
         };
-        let status = if o.failures.is_empty() {
-            "ok".to_string()
-        } else {
-            failed += 1;
-            format!("FAIL {:?}", o.failures)
-        };
+        failed += usize::from(o.check().is_err());
+        let status = o.status();
         println!(
             "{:<34} {:<28} {:>9.2e} {cols}  {status}",
             o.kernel, o.shape, o.max_err

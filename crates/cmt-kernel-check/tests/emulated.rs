@@ -8,13 +8,7 @@ use proptest::prelude::*;
 
 fn assert_ok(r: Result<cases::Outcome, CheckError>) -> Result<(), TestCaseError> {
     let o = r.map_err(|e| TestCaseError::fail(e.to_string()))?;
-    prop_assert!(
-        o.failures.is_empty(),
-        "{} {}: {:?}",
-        o.kernel,
-        o.shape,
-        o.failures
-    );
+    o.check().map_err(TestCaseError::fail)?;
     Ok(())
 }
 

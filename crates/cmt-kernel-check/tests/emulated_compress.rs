@@ -16,13 +16,7 @@ fn check(r: Result<Vec<Measured>, cmt_kernel_check::CheckError>) -> Result<(), T
     prop_assert_eq!(outs.len(), 2);
     for m in outs {
         let o = m.outcome;
-        prop_assert!(
-            o.failures.is_empty(),
-            "{} {}: {:?}",
-            o.kernel,
-            o.shape,
-            o.failures
-        );
+        o.check().map_err(TestCaseError::fail)?;
     }
     Ok(())
 }

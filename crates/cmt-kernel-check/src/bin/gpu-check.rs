@@ -88,12 +88,8 @@ fn main() {
                 ),
                 None => ("-".into(), "-".into()),
             };
-            let status = if o.failures.is_empty() {
-                "ok".to_string()
-            } else {
-                failed += 1;
-                format!("FAIL {:?}", o.failures)
-            };
+            failed += usize::from(o.check().is_err());
+            let status = o.status();
             println!(
                 "{:<30} {:<22} {:>9.2e} {:>10} {:>8}  {status}",
                 o.kernel, o.shape, o.max_err, us, gbs

@@ -360,12 +360,8 @@ pub fn print_report(outs: &[Outcome]) -> usize {
         None => format!("{:>10} {:>7} {:>6}", "-", "-", "-"),
     };
     for o in outs {
-        let status = if o.failures.is_empty() {
-            "ok".to_string()
-        } else {
-            failed += 1;
-            format!("FAIL {:?}", o.failures)
-        };
+        failed += usize::from(o.check().is_err());
+        let status = o.status();
         let c = cols(o.bytes, o.time_ms);
         println!(
             "{:<20} {:<52} {:>9.2e} {c}  {status}",
