@@ -6,8 +6,7 @@
 //! Readers take no lock at all. (`flock` is advisory and not reliable on some network file
 //! systems; a bank belongs on a local disk.)
 use crate::error::{Error, Result};
-use std::fs::{File, OpenOptions};
-use std::os::unix::io::AsRawFd;
+use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
 pub(crate) const LOCK_FILE: &str = "LOCK";
@@ -30,16 +29,11 @@ impl WriterLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        // SAFETY: `file` is an open file descriptor owned by this function for the duration
-        // of the call; flock takes no pointers.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(if err.kind() == std::io::ErrorKind::WouldBlock {
-                Error::Locked { path }
-            } else {
-                Error::io(&path, err)
-            });
+        // std's try_lock is flock(LOCK_EX | LOCK_NB) on Unix: the semantics above.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(Error::Locked { path }),
+            Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
         }
         Ok(WriterLock { _file: file, path })
     }
