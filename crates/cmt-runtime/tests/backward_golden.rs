@@ -5,6 +5,13 @@ use cmt_runtime::score::IGNORE;
 use cmt_runtime::train::{Tape, TrainSeq};
 use common::{require, Fixtures};
 
+/// The training forward's loss against HF's: the same bound as the inference losses in
+/// golden.rs. Both sides are f32 through 30 layers; `gemm` picks its K blocking from the
+/// CPU's cache sizes, so the summation order and the last digits move between machines
+/// (measured |Δ|: 8.4e-6 on the Intel host of earlier sessions, 1.17e-5 on an AMD EPYC,
+/// the same code). A tighter bound tests the host, not the code.
+const LOSS_ATOL: f64 = 1e-4;
+
 /// ‖g − ref‖ / ‖ref‖ for each of `layers` equal slices.
 fn rel_err_per_layer(got: &[f32], want: &[f32], layers: usize) -> Vec<f64> {
     let n = want.len() / layers;
@@ -35,7 +42,7 @@ fn kv_prefix_gradients_match_hf() {
     let (want_loss, _) = fx.f32("kvprefix.loss");
     eprintln!("kvprefix loss {loss:.7} vs {:.7}", want_loss[0]);
     assert!(
-        (loss - want_loss[0] as f64).abs() <= 1e-5,
+        (loss - want_loss[0] as f64).abs() <= LOSS_ATOL,
         "loss {loss} vs {}",
         want_loss[0]
     );
@@ -72,7 +79,7 @@ fn soft_prefix_gradient_matches_hf() {
     let (want_loss, _) = fx.f32("softprefix.loss");
     eprintln!("softprefix loss {loss:.7} vs {:.7}", want_loss[0]);
     assert!(
-        (loss - want_loss[0] as f64).abs() <= 1e-5,
+        (loss - want_loss[0] as f64).abs() <= LOSS_ATOL,
         "loss {loss} vs {}",
         want_loss[0]
     );
