@@ -136,6 +136,22 @@ impl<B: Backend> Model<B> {
         sess: &'s mut Session<B>,
         inputs: &[SeqInput],
         logits: Logits,
+        hidden: Capture<'_>,
+        tape: Option<&mut Tape>,
+    ) -> Result<&'s [f32]> {
+        // Run the whole step on a rayon worker. Called from a thread outside the pool, every
+        // parallel op of the step (~400 per decoded token) would otherwise be a cold
+        // injection: a sleeping worker woken, the caller parked on a latch, two context
+        // switches per op (≈ a quarter of a decode step, docs/perf.md). Inside the pool the
+        // nested par_iters split by work stealing. Results do not depend on the thread.
+        rayon::scope(|_| self.forward_step(sess, inputs, logits, hidden, tape))
+    }
+
+    fn forward_step<'s>(
+        &self,
+        sess: &'s mut Session<B>,
+        inputs: &[SeqInput],
+        logits: Logits,
         mut hidden: Capture<'_>,
         mut tape: Option<&mut Tape>,
     ) -> Result<&'s [f32]> {

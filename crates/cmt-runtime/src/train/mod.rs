@@ -222,6 +222,11 @@ impl Model<CpuBackend> {
     /// Gradients of the last `forward_train` loss with respect to each sequence's prefix and
     /// soft embeddings. `sess` must be the session that `forward_train` filled.
     pub fn backward(&self, sess: &Session<CpuBackend>, tape: &Tape) -> Result<Vec<SeqGrads>> {
+        // On a rayon worker, like the forward (see `Model::forward_recorded`).
+        rayon::scope(|_| self.backward_step(sess, tape))
+    }
+
+    fn backward_step(&self, sess: &Session<CpuBackend>, tape: &Tape) -> Result<Vec<SeqGrads>> {
         let cfg = &self.cfg;
         let (d, qd, kvd, f, hd) = (
             cfg.hidden,
