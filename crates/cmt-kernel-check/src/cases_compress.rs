@@ -503,7 +503,7 @@ pub fn print_report(outs: &[Measured]) -> usize {
             }
             None => format!("{:>10} {:>7} {:>8} {:>6} {:>6}", "-", "-", "-", "-", "-"),
         };
-        failed += usize::from(o.check().is_err());
+        failed += usize::from(!o.passed());
         let status = o.status();
         println!(
             "{:<34} {:<28} {:>9.2e} {cols}  {status}",

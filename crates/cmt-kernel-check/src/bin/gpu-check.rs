@@ -88,7 +88,7 @@ fn main() {
                 ),
                 None => ("-".into(), "-".into()),
             };
-            failed += usize::from(o.check().is_err());
+            failed += usize::from(!o.passed());
             let status = o.status();
             println!(
                 "{:<30} {:<22} {:>9.2e} {:>10} {:>8}  {status}",

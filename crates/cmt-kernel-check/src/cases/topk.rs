@@ -360,7 +360,7 @@ pub fn print_report(outs: &[Outcome]) -> usize {
         None => format!("{:>10} {:>7} {:>6}", "-", "-", "-"),
     };
     for o in outs {
-        failed += usize::from(o.check().is_err());
+        failed += usize::from(!o.passed());
         let status = o.status();
         let c = cols(o.bytes, o.time_ms);
         println!(
