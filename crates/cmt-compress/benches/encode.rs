@@ -17,7 +17,8 @@ use cmt_compress::compressor::Compressor;
 use cmt_compress::config::CompressorConfig;
 use cmt_compress::encode::{Chunking, EncodeOptions, Encoder, Progress};
 use cmt_runtime::{CpuBackend, Model};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use std::path::Path;
 
 const DOCS: usize = 16;
@@ -52,11 +53,17 @@ fn options(batch_invariant: bool) -> EncodeOptions {
     }
 }
 
-fn encode_stage(c: &mut Criterion, ctx: &Ctx, name: &str, batch_invariant: bool) {
-    let enc = Encoder::new(ctx.model, options(batch_invariant)).expect("encoder");
+/// Every stage's group: 10 samples, throughput in documents.
+fn docs_group(c: &mut Criterion) -> BenchmarkGroup<'_, WallTime> {
     let mut g = c.benchmark_group("encode");
     g.sample_size(10);
     g.throughput(Throughput::Elements(DOCS as u64));
+    g
+}
+
+fn encode_stage(c: &mut Criterion, ctx: &Ctx, name: &str, batch_invariant: bool) {
+    let enc = Encoder::new(ctx.model, options(batch_invariant)).expect("encoder");
+    let mut g = docs_group(c);
     g.bench_function(name, |b| {
         b.iter(|| enc.encode(ctx.docs).expect("encode"));
     });
@@ -78,9 +85,7 @@ fn cache_hit(c: &mut Criterion, ctx: &Ctx) {
         let mut w = HiddenCache::open_writer(ctx.tmp, &key).expect("cache writer");
         enc.encode_cached(ctx.docs, &mut w).expect("fill cache");
     }
-    let mut g = c.benchmark_group("encode");
-    g.sample_size(10);
-    g.throughput(Throughput::Elements(DOCS as u64));
+    let mut g = docs_group(c);
     g.bench_function("cache_hit", |b| {
         b.iter(|| {
             let mut r = HiddenCache::open_reader(ctx.tmp, &key).expect("cache reader");
@@ -101,9 +106,7 @@ fn compress(c: &mut Criterion, ctx: &Ctx) {
     let enc = Encoder::new(ctx.model, options(true)).expect("encoder");
     let encoded = enc.encode(ctx.docs).expect("encode");
     let comp = compressor(ctx);
-    let mut g = c.benchmark_group("encode");
-    g.sample_size(10);
-    g.throughput(Throughput::Elements(DOCS as u64));
+    let mut g = docs_group(c);
     g.bench_function("compress", |b| {
         b.iter(|| comp.forward(&encoded.doc_batch()).expect("compress"));
     });
@@ -113,9 +116,7 @@ fn compress(c: &mut Criterion, ctx: &Ctx) {
 fn theta_compress(c: &mut Criterion, ctx: &Ctx) {
     let enc = Encoder::new(ctx.model, options(true)).expect("encoder");
     let comp = compressor(ctx);
-    let mut g = c.benchmark_group("encode");
-    g.sample_size(10);
-    g.throughput(Throughput::Elements(DOCS as u64));
+    let mut g = docs_group(c);
     g.bench_function("theta_compress", |b| {
         b.iter(|| {
             let encoded = enc.encode(ctx.docs).expect("encode");
