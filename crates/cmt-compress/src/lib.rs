@@ -1,6 +1,7 @@
 //! Compressor C_φ (DESIGN §1 steps 1–3): turns a document's hidden states into T memory
 //! vectors and a matching key.
 pub mod attention;
+pub mod blocks;
 pub mod cache;
 pub mod compressor;
 pub mod config;

@@ -26,6 +26,6 @@ pub mod types;
 
 pub use error::{Error, Result};
 pub use keys::{KeyDtype, KeyMatrix};
-pub use store::{Bank, BankConfig, Expect, OpenOptions, Stats, Verify};
+pub use store::{Bank, BankConfig, EntryMeta, Expect, OpenOptions, Stats, Verify};
 pub use topk::{Candidate, Candidates, Kernel, MemorySource, TopK, MAX_K};
 pub use types::{EntryRef, MemDtype, MemView, NewEntry, TextHash};

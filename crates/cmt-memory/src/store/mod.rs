@@ -18,12 +18,14 @@ mod compact;
 pub(crate) mod header;
 mod index;
 pub(crate) mod logfile;
+mod meta;
 mod open;
 pub(crate) mod record;
 pub(crate) mod tombstone;
 mod write;
 
 pub use compact::CompactStats;
+pub use meta::EntryMeta;
 
 use crate::error::{Error, Result};
 use crate::keys::{KeyDtype, KeyMatrix};

@@ -1,0 +1,147 @@
+//! `cmt checkpoint init|show`.
+use super::model_arg;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use cmt_core::checkpoint;
+use cmt_core::config::EncodeLayer;
+use cmt_core::model::BaseLm;
+use cmt_core::params::prefix_dims;
+use cmt_core::CmtConfig;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum CheckpointCmd {
+    /// Write a freshly initialised (untrained) checkpoint for a model.
+    Init(InitArgs),
+    /// Print a checkpoint's metadata and parameter counts (default: the default checkpoint).
+    Show {
+        file: Option<PathBuf>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Where to write the checkpoint (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// GGUF file or HF model directory (default: the default model, fetched if absent).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Question template: plain or chat (default: chat when the model has a chat template).
+    #[arg(long)]
+    template: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Memory tokens per document (T; also the prefix length p).
+    #[arg(long, default_value_t = 16)]
+    mem_tokens: usize,
+    /// Memories aggregated per question (1..=64).
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    /// Matching-key width r.
+    #[arg(long, default_value_t = 128)]
+    key_dim: usize,
+    /// Rank of the prefix generator's per-layer projections.
+    #[arg(long, default_value_t = 64)]
+    prefix_rank: usize,
+    /// Aggregate every memory of the bank instead of the top k (ablation).
+    #[arg(long)]
+    no_topk: bool,
+    /// Use A′ = A (no aggregator ψ; ablation).
+    #[arg(long)]
+    no_aggregator: bool,
+    /// θ's hidden states the compressor reads: `final` (final norm) or a layer count.
+    #[arg(long, default_value = "final")]
+    encode_layer: String,
+}
+
+pub fn run(cmd: CheckpointCmd) -> Result<()> {
+    match cmd {
+        CheckpointCmd::Init(a) => init(a),
+        CheckpointCmd::Show { file, json } => show(file, json),
+    }
+}
+
+fn init(a: InitArgs) -> Result<()> {
+    let path = model_arg::resolve(a.model)?;
+    let base = BaseLm::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let mut cfg = CmtConfig::for_hidden(base.dims().hidden);
+    cfg.compressor.mem_tokens = a.mem_tokens;
+    cfg.compressor.key_dim = a.key_dim;
+    cfg.k = a.k;
+    cfg.prefix_rank = a.prefix_rank;
+    cfg.topk = !a.no_topk;
+    cfg.aggregator = !a.no_aggregator;
+    cfg.encode_layer = match a.encode_layer.as_str() {
+        "final" => EncodeLayer::FinalNorm,
+        n => EncodeLayer::Residual(n.parse().with_context(|| {
+            format!("--encode-layer {n}: expected `final` or a layer count")
+        })?),
+    };
+    let template = match a.template {
+        Some(t) => t,
+        None => cmt_core::default_template(&path)?.to_string(),
+    };
+    let command: Vec<String> = std::env::args().collect();
+    let (meta, params) =
+        cmt_core::init_checkpoint(&base, &cfg, &template, a.seed, &command.join(" "), &a.out)?;
+    let theta = cmt_core::base_param_count(&base.model.cfg);
+    let g = params.prefix.num_params();
+    eprintln!(
+        "wrote {} (untrained): {} trainable parameters; G_ω {} = {:.2}% of θ's {}",
+        a.out.display(),
+        params.num_params(),
+        g,
+        100.0 * g as f64 / theta as f64,
+        theta
+    );
+    let _ = meta;
+    Ok(())
+}
+
+fn show(file: Option<PathBuf>, json: bool) -> Result<()> {
+    let path = match file {
+        Some(f) => f,
+        None => cmt_core::default_checkpoint_path().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no default checkpoint yet ({} is absent and CMT_CHECKPOINT is unset); \
+                 name a file, or make an untrained one with `cmt checkpoint init --out FILE`",
+                cmt_core::DEFAULT_CHECKPOINT
+            )
+        })?,
+    };
+    let ck = checkpoint::load(&path)?;
+    let m = &ck.meta;
+    let p = &ck.params;
+    let pd = prefix_dims(&m.config, &m.base.dims);
+    let counts = serde_json::json!({
+        "compressor": p.compressor.params.num_params(),
+        "aggregator": p.aggregator.iter().map(|b| cmt_core::params::block_tensors(b).iter().map(|(_, t)| t.len()).sum::<usize>()).sum::<usize>(),
+        "prefix": p.prefix.num_params(),
+        "total": p.num_params(),
+    });
+    let obj = serde_json::json!({
+        "file": path.display().to_string(),
+        "sha256": ck.sha256,
+        "format_version": checkpoint::VERSION,
+        "dtype": format!("{:?}", m.dtype).to_lowercase(),
+        "base_model": m.base,
+        "config": m.config,
+        "T": m.config.t(), "p": pd.p, "r": m.config.r(), "k": m.config.k,
+        "tau": p.tau(&m.config),
+        "template": m.template,
+        "command": m.command,
+        "created": m.created,
+        "parameters": counts,
+        "extra": m.extra,
+    });
+    if json {
+        println!("{obj}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&obj)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! `--model` and `--checkpoint` together: θ plus the trained parts.
+use super::model_arg;
+use anyhow::{Context, Result};
+use clap::Args;
+use cmt_core::Cmt;
+use std::path::PathBuf;
+
+#[derive(Args, Clone)]
+pub struct CmtArgs {
+    /// GGUF file or HF model directory (default: the default model, fetched if absent).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The CMT checkpoint (default: the trained default checkpoint, or $CMT_CHECKPOINT).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl CmtArgs {
+    pub fn open(&self) -> Result<Cmt> {
+        let model = model_arg::resolve(self.model.clone())?;
+        let cmt = match &self.checkpoint {
+            Some(c) => {
+                if !c.exists() {
+                    anyhow::bail!("--checkpoint {}: no such file", c.display());
+                }
+                Cmt::open(&model, c)
+            }
+            None => Cmt::open_default_checkpoint(&model),
+        };
+        cmt.with_context(|| format!("loading {}", model.display()))
+    }
+}
