@@ -1,0 +1,113 @@
+//! The whole QA chain's gradient — answer loss → prefix → G_ω → ψ → (w, A) → scores →
+//! (k_x, k_d) → C_φ — against central differences of the loss, for every trainable
+//! tensor, on a tiny random model and a tiny training bank with a queue (straight-through:
+//! the test checks that the selection is the same at both ends of every difference).
+mod common;
+use cmt_compress::encode::{EncodeOptions, Encoder, Progress};
+use cmt_core::params::{BaseDims, CmtParams};
+use cmt_core::train::chain::{qa_loss, QaBatch, Queue};
+use common::Rng;
+
+#[test]
+fn qa_chain_gradient_matches_finite_differences_for_every_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = common::write_tiny_model(dir.path(), 16, 3);
+    let (theta, _) = cmt_runtime::load_model(&path, cmt_runtime::CpuBackend).unwrap();
+    let base = BaseDims::of(&theta.cfg);
+    for aggregator in [true, false] {
+        let mut cfg = common::tiny_cmt_config(16);
+        cfg.aggregator = aggregator;
+        let mut params = CmtParams::init(&cfg, &base, 11).unwrap();
+        let mut rng = Rng(5);
+        for (name, t) in params.tensors_mut() {
+            if name != "tau.log" {
+                t.iter_mut().for_each(|x| *x += 0.2 * rng.next());
+            }
+        }
+        let enc = Encoder::new(
+            &theta,
+            EncodeOptions {
+                progress: Progress::Never,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let toks = |n: usize, rng: &mut Rng| -> Vec<u32> {
+            (0..n).map(|_| ((rng.next() + 1.0) * 120.0) as u32).collect()
+        };
+        let docs: Vec<Vec<u32>> = (0..4).map(|i| toks(5 + i, &mut rng)).collect();
+        let qs: Vec<Vec<u32>> = (0..2).map(|i| toks(3 + i, &mut rng)).collect();
+        let hd = enc.encode(&docs).unwrap();
+        let hq = enc.encode(&qs).unwrap();
+        let seqs: Vec<(Vec<u32>, Vec<i32>)> = (0..2)
+            .map(|_| {
+                let ids = toks(7, &mut rng);
+                let labels = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &t)| if i >= 4 { t as i32 } else { -100 })
+                    .collect();
+                (ids, labels)
+            })
+            .collect();
+        let (r, td) = (cfg.r(), cfg.t() * 16);
+        let qkeys: Vec<f32> = (0..2)
+            .flat_map(|_| {
+                let k = rng.vec(r, 1.0);
+                let n = k.iter().map(|x| x * x).sum::<f32>().sqrt();
+                k.into_iter().map(move |x| x / n)
+            })
+            .collect();
+        let qmems = rng.vec(2 * td, 1.0);
+        let batch = QaBatch {
+            docs: hd.doc_batch(),
+            questions: hq.doc_batch(),
+            seqs: &seqs,
+            queue: Some(Queue {
+                keys: &qkeys,
+                memories: &qmems,
+            }),
+        };
+        let mut grads = CmtParams::zeros(&cfg, &base);
+        let out = qa_loss(&theta, &cfg, &params, &batch, Some(&mut grads)).unwrap();
+        assert!(out.loss.is_finite());
+        let chosen: Vec<Vec<u64>> = out.selections.iter().map(|s| s.ids.clone()).collect();
+        assert!(chosen.iter().all(|c| c.len() == cfg.k));
+
+        let names: Vec<String> = params.tensors().into_iter().map(|(n, _)| n).collect();
+        let gvals: Vec<Vec<f32>> = grads.tensors().into_iter().map(|(_, t)| t.to_vec()).collect();
+        let mut checked = 0;
+        for (ti, name) in names.iter().enumerate() {
+            if !aggregator && name.starts_with("aggregator.") {
+                assert!(gvals[ti].iter().all(|&g| g == 0.0), "{name}: ψ is off");
+                continue;
+            }
+            // A random unit direction in this tensor.
+            let n = gvals[ti].len();
+            let mut v = rng.vec(n, 1.0);
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter_mut().for_each(|x| *x /= norm);
+            let analytic: f64 = gvals[ti].iter().zip(&v).map(|(g, d)| *g as f64 * *d as f64).sum();
+            let eps = 5e-3f32;
+            let at = |sign: f32| {
+                let mut p = params.clone();
+                let (_, t) = p.tensors_mut().into_iter().nth(ti).unwrap();
+                t.iter_mut().zip(&v).for_each(|(x, d)| *x += sign * eps * d);
+                let o = qa_loss(&theta, &cfg, &p, &batch, None).unwrap();
+                let ids: Vec<Vec<u64>> = o.selections.iter().map(|s| s.ids.clone()).collect();
+                assert_eq!(ids, chosen, "{name}: the selection moved within ±eps");
+                o.loss
+            };
+            let numeric = (at(1.0) - at(-1.0)) / (2.0 * eps as f64);
+            // Directional derivatives here are 1e-4..1e-1. The f32 loss (~5.5) carries
+            // ~1e-6 of rounding, i.e. ~1e-4 in a difference over 2·eps; eps² terms add ~1%.
+            let tol = 1.5e-4 + 2e-2 * numeric.abs();
+            assert!(
+                (numeric - analytic).abs() <= tol,
+                "aggregator={aggregator} {name}: analytic {analytic:.6e}, numeric {numeric:.6e}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 20, "{checked}");
+    }
+}
