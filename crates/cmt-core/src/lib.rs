@@ -2,17 +2,17 @@
 //! compressor (`cmt-compress`) and the memory bank (`cmt-memory`) into CMT — ingest, ask,
 //! checkpoints — and is what downstream crates link. The `cmt` CLI is a thin layer over it.
 //!
-//! ```no_run
-//! use cmt_core::{Cmt, Document};
-//! # fn main() -> cmt_core::Result<()> {
-//! let cmt = Cmt::open_default(None)?; // default model + default checkpoint
-//! let mut bank = cmt.create_or_open_bank(std::path::Path::new("bank"))?;
-//! let docs = vec![Document::new("d1", "The Zorblat festival is held every March in Quillby.")];
-//! cmt.ingest(&mut bank, &docs, &Default::default(), |_| {})?;
-//! let answers = cmt.ask(Some(&bank), &["When is the Zorblat festival?".to_string()], &Default::default())?;
-//! println!("{}", answers[0].answer);
-//! # Ok(()) }
-//! ```
+//! The library API in one place:
+//! - [`Cmt::open`] loads θ (a GGUF file or HF directory) and a checkpoint
+//!   ([`checkpoint`]); a checkpoint made for another θ is refused;
+//! - [`Cmt::open_bank_writer`] / [`Cmt::open_bank_reader`] open (or create) a bank bound to
+//!   that checkpoint ([`bank`]);
+//! - [`Cmt::ingest`] compresses [`Document`]s into the bank ([`ingest`]), resumably;
+//! - [`Cmt::ask`] answers questions, one or a batch, with the memories it used ([`ask`]);
+//! - [`Cmt::delete`] removes documents' memories for good.
+//!
+//! `examples/quickstart.rs` runs all of it in a few dozen lines. Training-side pieces:
+//! [`train::chain`] (the differentiable QA path), [`params`], [`aggregator`], [`prefix`].
 pub mod aggregator;
 mod api;
 pub mod ask;

@@ -244,3 +244,47 @@ fn bank_search_matches_reference_and_backward_runs() {
     let e = empty.search(&queries, 5, 0.25).unwrap_err();
     assert!(matches!(e, Error::Empty { .. }), "{e}");
 }
+
+#[test]
+fn search_where_equals_the_brute_force_over_the_kept_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(2, 3, 8, MemDtype::F32);
+    cfg.segment_capacity = 7;
+    let mut bank = Bank::create(dir.path(), &cfg).unwrap();
+    let ids = append_n(&mut bank, 30);
+    bank.delete_batch(&[4, 20]).unwrap();
+    let keys: Vec<f32> = ids
+        .iter()
+        .flat_map(|&id| common::content(id, 8, 0).0)
+        .collect();
+    let queries: Vec<f32> = [3u64, 17]
+        .iter()
+        .flat_map(|&i| common::content(i, 8, 0).0)
+        .collect();
+    // Timestamps are 1_700_000_000 + id: keep ids 6..=25 (minus the deleted 20).
+    let (lo, hi) = (1_700_000_006, 1_700_000_025);
+    let got = bank
+        .search_where(&queries, 4, 0.5, |m| m.timestamp >= lo && m.timestamp <= hi)
+        .unwrap();
+    let live: Vec<bool> = ids
+        .iter()
+        .map(|&id| (6..=25).contains(&id) && id != 20)
+        .collect();
+    let want = slow::search_slow(&keys, 8, &ids, &live, &queries, 4, 0.5, &bank).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!((&g.ids, &g.scores), (&w.ids, &w.scores));
+    }
+    // Keeping everything is the plain search; keeping nothing is an empty bank.
+    assert_eq!(
+        bank.search_where(&queries, 4, 0.5, |_| true).unwrap(),
+        bank.search(&queries, 4, 0.5).unwrap()
+    );
+    let e = bank.search_where(&queries, 4, 0.5, |_| false).unwrap_err();
+    assert!(matches!(e, Error::Empty { .. }), "{e}");
+    // Metadata of live entries only.
+    let metas = bank.live_metas().unwrap();
+    assert_eq!(metas.len(), 28);
+    assert!(metas.iter().all(|m| m.id != 4 && m.id != 20));
+    assert_eq!(bank.meta(5).unwrap().unwrap().title, Owned::new(5, &bank).title);
+    assert!(bank.meta(4).unwrap().is_none());
+}

@@ -9,6 +9,9 @@ use super::{json_kind, Dataset, Document, Question};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 
+/// A problem inside one record: (field, message).
+type FieldError = (String, String);
+
 /// True when `v` looks like a SQuAD file (an object with a `data` key).
 pub(crate) fn is_squad(v: &Value) -> bool {
     matches!(v, Value::Object(m) if m.contains_key("data"))
@@ -92,7 +95,7 @@ fn articles<'a>(root: &'a Value, file: &str) -> Result<Vec<(String, &'a str, &'a
 }
 
 /// The paragraph's context, or a message naming the field.
-fn context(paragraph: &Value) -> Result<(&Map<String, Value>, &str), (String, String)> {
+fn context(paragraph: &Value) -> Result<(&Map<String, Value>, &str), FieldError> {
     let Value::Object(p) = paragraph else {
         return Err((
             "context".into(),
@@ -200,7 +203,7 @@ pub(crate) fn dataset(root: &Value, file: &str) -> Result<Dataset> {
     })
 }
 
-fn nonblank<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, (String, String)> {
+fn nonblank<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, FieldError> {
     match obj.get(key) {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
         Some(Value::String(_)) => Err((key.into(), "empty".into())),
@@ -212,7 +215,7 @@ fn nonblank<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, (Stri
     }
 }
 
-fn question(qa: &Value, doc_id: &str) -> Result<Question, (String, String)> {
+fn question(qa: &Value, doc_id: &str) -> Result<Question, FieldError> {
     let Value::Object(qa) = qa else {
         return Err((
             "id".into(),
