@@ -85,6 +85,9 @@ fn ingest_ask_delete_compact() {
     assert_eq!((rep.added, rep.entries, rep.skipped), (6, 6, 0));
 
     let answers = cmt.ask(Some(&bank), &questions(), &opts()).unwrap();
+    // A reader opened now keeps answering from its snapshot while the writer deletes and
+    // compacts below.
+    let early_reader = cmt.open_bank_reader(&bank_dir).unwrap();
     let ids: Vec<String> = docs().iter().map(|d| d.id.clone()).collect();
     for a in &answers {
         assert!(a.with_memory);
@@ -140,6 +143,12 @@ fn ingest_ask_delete_compact() {
     for (a, b) in after.iter().zip(&compacted) {
         assert_eq!(a.answer, b.answer);
         assert_eq!(a.memories, b.memories);
+    }
+    // The early reader still works, and still answers from its snapshot (the first ask).
+    let snap = cmt.ask(Some(&early_reader), &questions(), &opts()).unwrap();
+    for (a, b) in answers.iter().zip(&snap) {
+        assert_eq!(a.memories, b.memories);
+        assert_eq!(a.answer, b.answer);
     }
     // A reader opened now sees the same.
     drop(bank);
