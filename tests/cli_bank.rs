@@ -39,7 +39,16 @@ fn env() -> Env {
     let out = cmt()
         .args(["checkpoint", "init", "--model", m, "--out"])
         .arg(&ckpt)
-        .args(["--mem-tokens", "4", "--key-dim", "16", "--prefix-rank", "4", "--k", "3"])
+        .args([
+            "--mem-tokens",
+            "4",
+            "--key-dim",
+            "16",
+            "--prefix-rank",
+            "4",
+            "--k",
+            "3",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -55,7 +64,10 @@ fn env() -> Env {
 
 impl Env {
     fn with<'c>(&self, c: &'c mut Command) -> &'c mut Command {
-        c.arg("--model").arg(&self.model).arg("--checkpoint").arg(&self.ckpt)
+        c.arg("--model")
+            .arg(&self.model)
+            .arg("--checkpoint")
+            .arg(&self.ckpt)
     }
 }
 
@@ -72,7 +84,11 @@ fn write_jsonl(path: &Path, n: usize) {
 }
 
 fn stats(bank: &Path) -> serde_json::Value {
-    let out = cmt().args(["bank", "stats", "--json", "--bank"]).arg(bank).output().unwrap();
+    let out = cmt()
+        .args(["bank", "stats", "--json", "--bank"])
+        .arg(bank)
+        .output()
+        .unwrap();
     serde_json::from_str(&ok(out, "bank stats")).unwrap()
 }
 
@@ -132,7 +148,10 @@ fn ingest_ask_delete_compact_through_the_cli() {
     assert_eq!(mems.len(), 3);
     for m in mems {
         let id = m["id"].as_str().unwrap();
-        assert!(id.starts_with('d') && id[1..].parse::<usize>().unwrap() < 5, "{id}");
+        assert!(
+            id.starts_with('d') && id[1..].parse::<usize>().unwrap() < 5,
+            "{id}"
+        );
         assert_eq!(m["title"].as_str().unwrap(), format!("T{}", &id[1..]));
         assert!(m["score"].is_number() && m["weight"].is_number());
     }
@@ -141,20 +160,35 @@ fn ingest_ask_delete_compact_through_the_cli() {
         assert!(a[0]["timings"][stage].is_number(), "{stage}");
     }
     // A time window: documents 1..=2 only.
-    let w = ask(&["--since", "1600000001", "--until", "2020-09-13T12:26:42Z", "code word?"]);
+    let w = ask(&[
+        "--since",
+        "1600000001",
+        "--until",
+        "2020-09-13T12:26:42Z",
+        "code word?",
+    ]);
     for m in w[0]["memories"].as_array().unwrap() {
         assert!(["d1", "d2"].contains(&m["id"].as_str().unwrap()), "{m}");
     }
     // Many questions from a file.
     let qs = e.root.join("q.jsonl");
-    std::fs::write(&qs, "{\"id\": \"q1\", \"question\": \"one?\"}\n{\"question\": \"two?\"}\n").unwrap();
+    std::fs::write(
+        &qs,
+        "{\"id\": \"q1\", \"question\": \"one?\"}\n{\"question\": \"two?\"}\n",
+    )
+    .unwrap();
     let many = ask(&["--questions", qs.to_str().unwrap()]);
     assert_eq!(many.len(), 2);
     assert_eq!(many[0]["id"], "q1");
 
     // Delete: the document's memories never come back.
     ok(
-        cmt().args(["bank", "delete", "--bank"]).arg(&bank).args(["d0", "d3"]).output().unwrap(),
+        cmt()
+            .args(["bank", "delete", "--bank"])
+            .arg(&bank)
+            .args(["d0", "d3"])
+            .output()
+            .unwrap(),
         "delete",
     );
     let before = ask(&["--k", "5", "code word?"]);
@@ -167,12 +201,26 @@ fn ingest_ask_delete_compact_through_the_cli() {
     assert_eq!(ids.len(), 3);
     assert!(!ids.contains(&"d0") && !ids.contains(&"d3"), "{ids:?}");
     assert_eq!(stats(&bank)["deleted"], 2);
-    ok(cmt().args(["bank", "compact", "--bank"]).arg(&bank).output().unwrap(), "compact");
+    ok(
+        cmt()
+            .args(["bank", "compact", "--bank"])
+            .arg(&bank)
+            .output()
+            .unwrap(),
+        "compact",
+    );
     let after = ask(&["--k", "5", "code word?"]);
     assert_eq!(before[0]["answer"], after[0]["answer"]);
     assert_eq!(before[0]["memories"], after[0]["memories"]);
     assert_eq!(stats(&bank)["deleted"], 0);
-    ok(cmt().args(["bank", "verify", "--bank"]).arg(&bank).output().unwrap(), "verify");
+    ok(
+        cmt()
+            .args(["bank", "verify", "--bank"])
+            .arg(&bank)
+            .output()
+            .unwrap(),
+        "verify",
+    );
 
     // A damaged record: verify exits non-zero naming the file.
     let seg = std::fs::read_dir(&bank)
@@ -184,15 +232,31 @@ fn ingest_ask_delete_compact_through_the_cli() {
     let n = bytes.len();
     bytes[n - 100] ^= 0xff;
     std::fs::write(&seg, bytes).unwrap();
-    let out = cmt().args(["bank", "verify", "--bank"]).arg(&bank).output().unwrap();
+    let out = cmt()
+        .args(["bank", "verify", "--bank"])
+        .arg(&bank)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("seg-") && err.contains("offset"), "{err}");
 
     // checkpoint show prints the metadata.
-    let out = cmt().args(["checkpoint", "show", "--json"]).arg(&e.ckpt).output().unwrap();
+    let out = cmt()
+        .args(["checkpoint", "show", "--json"])
+        .arg(&e.ckpt)
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&ok(out, "show")).unwrap();
-    assert_eq!((v["T"].as_u64(), v["p"].as_u64(), v["r"].as_u64(), v["k"].as_u64()), (Some(4), Some(4), Some(16), Some(3)));
+    assert_eq!(
+        (
+            v["T"].as_u64(),
+            v["p"].as_u64(),
+            v["r"].as_u64(),
+            v["k"].as_u64()
+        ),
+        (Some(4), Some(4), Some(16), Some(3))
+    );
     assert_eq!(v["sha256"], sha.as_str());
 }
 
@@ -209,17 +273,29 @@ fn squad_files_ingest_one_document_per_paragraph() {
     )
     .unwrap();
     ok(
-        e.with(cmt().args(["ingest", "--bank"]).arg(&bank)).arg(&squad).output().unwrap(),
+        e.with(cmt().args(["ingest", "--bank"]).arg(&bank))
+            .arg(&squad)
+            .output()
+            .unwrap(),
         "ingest squad",
     );
     assert_eq!(stats(&bank)["documents"], 2);
     let out = e
-        .with(cmt().args(["ask", "--json", "--k", "2", "--bank"]).arg(&bank))
+        .with(
+            cmt()
+                .args(["ask", "--json", "--k", "2", "--bank"])
+                .arg(&bank),
+        )
         .arg("What?")
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(ok(out, "ask").trim()).unwrap();
-    let mut ids: Vec<&str> = v["memories"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = v["memories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     ids.sort();
     assert_eq!(ids, ["Art#0", "Art#1"]);
 }
@@ -252,7 +328,10 @@ fn kill_9_mid_ingest_then_verify_and_resume_to_exactly_200() {
             break;
         }
     }
-    assert!(child.try_wait().unwrap().is_none(), "ingest finished before the kill");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "ingest finished before the kill"
+    );
     // SAFETY: kill(2) on our own child's pid, which has not been reaped (try_wait said it
     // is still running).
     unsafe {
@@ -260,7 +339,14 @@ fn kill_9_mid_ingest_then_verify_and_resume_to_exactly_200() {
     }
     let status = child.wait().unwrap();
     assert!(!status.success());
-    ok(cmt().args(["bank", "verify", "--bank"]).arg(&bank).output().unwrap(), "verify after kill");
+    ok(
+        cmt()
+            .args(["bank", "verify", "--bank"])
+            .arg(&bank)
+            .output()
+            .unwrap(),
+        "verify after kill",
+    );
     let live = stats(&bank)["live"].as_u64().unwrap();
     assert!(live > 0 && live < 200, "{live} entries after the kill");
     let out = e
@@ -270,9 +356,15 @@ fn kill_9_mid_ingest_then_verify_and_resume_to_exactly_200() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     ok(out, "second ingest");
-    assert!(err.contains(&format!("skipped {live} already present")), "{err}");
+    assert!(
+        err.contains(&format!("skipped {live} already present")),
+        "{err}"
+    );
     let s = stats(&bank);
-    assert_eq!((s["live"].as_u64(), s["documents"].as_u64()), (Some(200), Some(200)));
+    assert_eq!(
+        (s["live"].as_u64(), s["documents"].as_u64()),
+        (Some(200), Some(200))
+    );
 }
 
 #[test]
@@ -281,7 +373,13 @@ fn ingest_refuses_a_bank_of_another_checkpoint() {
     let bank = e.root.join("bank");
     let docs = e.root.join("docs.jsonl");
     write_jsonl(&docs, 2);
-    ok(e.with(cmt().args(["ingest", "--bank"]).arg(&bank)).arg(&docs).output().unwrap(), "ingest");
+    ok(
+        e.with(cmt().args(["ingest", "--bank"]).arg(&bank))
+            .arg(&docs)
+            .output()
+            .unwrap(),
+        "ingest",
+    );
     let other = e.root.join("other.safetensors");
     ok(
         cmt()
@@ -306,5 +404,8 @@ fn ingest_refuses_a_bank_of_another_checkpoint() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("belongs to") && err.contains("other.safetensors"), "{err}");
+    assert!(
+        err.contains("belongs to") && err.contains("other.safetensors"),
+        "{err}"
+    );
 }

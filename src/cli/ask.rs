@@ -66,7 +66,9 @@ fn read_questions(path: &PathBuf) -> Result<Vec<(Option<String>, String)>> {
                     i + 1
                 )
             })?;
-        let id = v.get("id").map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string));
+        let id = v
+            .get("id")
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string));
         out.push((id, q.to_string()));
     }
     Ok(out)

@@ -52,10 +52,8 @@ pub fn run(cmd: BankCmd) -> Result<()> {
         BankCmd::Stats { bank, json } => {
             let b = open(&bank, false, Verify::Heads)?;
             let s = b.stats();
-            let docs: std::collections::BTreeSet<String> = doc_entries(&b)?
-                .into_iter()
-                .map(|e| e.doc.doc_id)
-                .collect();
+            let docs: std::collections::BTreeSet<String> =
+                doc_entries(&b)?.into_iter().map(|e| e.doc.doc_id).collect();
             let obj = serde_json::json!({
                 "bank": bank.display().to_string(),
                 "live": s.live,
@@ -96,7 +94,10 @@ pub fn run(cmd: BankCmd) -> Result<()> {
             for m in &missing {
                 eprintln!("not in the bank: {m}");
             }
-            println!("deleted {n} entries of {} documents", ids.len() - missing.len());
+            println!(
+                "deleted {n} entries of {} documents",
+                ids.len() - missing.len()
+            );
             Ok(())
         }
         BankCmd::Compact { bank } => {

@@ -75,12 +75,13 @@ fn init(a: InitArgs) -> Result<()> {
     cfg.prefix_rank = a.prefix_rank;
     cfg.topk = !a.no_topk;
     cfg.aggregator = !a.no_aggregator;
-    cfg.encode_layer = match a.encode_layer.as_str() {
-        "final" => EncodeLayer::FinalNorm,
-        n => EncodeLayer::Residual(n.parse().with_context(|| {
-            format!("--encode-layer {n}: expected `final` or a layer count")
-        })?),
-    };
+    cfg.encode_layer =
+        match a.encode_layer.as_str() {
+            "final" => EncodeLayer::FinalNorm,
+            n => EncodeLayer::Residual(n.parse().with_context(|| {
+                format!("--encode-layer {n}: expected `final` or a layer count")
+            })?),
+        };
     let template = match a.template {
         Some(t) => t,
         None => cmt_core::default_template(&path)?.to_string(),

@@ -48,11 +48,9 @@ pub fn run(a: IngestArgs) -> Result<()> {
         .open_bank_writer(&a.bank)
         .with_context(|| format!("opening bank {}", a.bank.display()))?;
     let bar = ProgressBar::new(docs.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "ingest {bar:30} {pos}/{len} docs  {per_sec}  ETA {eta}  {msg}",
-        )?,
-    );
+    bar.set_style(ProgressStyle::with_template(
+        "ingest {bar:30} {pos}/{len} docs  {per_sec}  ETA {eta}  {msg}",
+    )?);
     let t0 = Instant::now();
     let opts = IngestOptions {
         replace: a.replace,

@@ -91,7 +91,7 @@ pub fn forward(
     for p in params {
         let x_in = x.to_vec();
         let mut xn_q = vec![0.0; r * d];
-        rmsnorm(&x, &p.norm_q, cfg.eps, &mut xn_q);
+        rmsnorm(x, &p.norm_q, cfg.eps, &mut xn_q);
         let mut q = vec![0.0; r * a];
         gemm(
             &mut q,
@@ -119,7 +119,7 @@ pub fn forward(
         );
         let x_mid = x.to_vec();
         let mut xn_mlp = vec![0.0; r * d];
-        rmsnorm(&x, &p.norm_mlp, cfg.eps, &mut xn_mlp);
+        rmsnorm(x, &p.norm_mlp, cfg.eps, &mut xn_mlp);
         let mut z1 = vec![0.0; r * f];
         gemm(
             &mut z1,

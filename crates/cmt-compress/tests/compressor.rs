@@ -256,8 +256,7 @@ fn default_config_for_the_default_model_and_config_errors() {
     let mut bad = c.clone();
     bad.heads = 0;
     let err = Compressor::init(bad, 1)
-        .err()
-        .expect("zero heads accepted")
+        .expect_err("zero heads accepted")
         .to_string();
     assert!(err.contains("heads must be positive"), "{err}");
     let mut bad = c;

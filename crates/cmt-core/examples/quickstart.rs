@@ -22,17 +22,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("cmt-quickstart-{}", std::process::id()));
     let mut bank = cmt.open_bank_writer(&dir)?;
     let docs = [
-        Document::new("quillby", "The Zorblat festival of Quillby is held every March."),
-        Document::new("veltronic", "Veltronic launched the Moonfish phone in June 2031."),
+        Document::new(
+            "quillby",
+            "The Zorblat festival of Quillby is held every March.",
+        ),
+        Document::new(
+            "veltronic",
+            "Veltronic launched the Moonfish phone in June 2031.",
+        ),
     ];
     let report = cmt.ingest(&mut bank, &docs, &IngestOptions::default(), |_| {})?;
-    println!("ingested {} documents ({} entries)", report.added, report.entries);
+    println!(
+        "ingested {} documents ({} entries)",
+        report.added, report.entries
+    );
 
     let questions = vec!["When is the Zorblat festival held?".to_string()];
     for a in cmt.ask(Some(&bank), &questions, &AskOptions::default())? {
         println!("Q: {}\nA: {}", a.question, a.answer);
         for m in &a.memories {
-            println!("   memory {} (score {:.2}, weight {:.2})", m.id, m.score, m.weight);
+            println!(
+                "   memory {} (score {:.2}, weight {:.2})",
+                m.id, m.score, m.weight
+            );
         }
     }
 

@@ -75,7 +75,12 @@ pub struct Answer {
 
 /// Aggregation over every live entry in the window (the `topk = false` ablation): the
 /// softmax over all scores, A = Σ w M.
-fn dense(bank: &Bank, q: &[f32], tau: f32, keep: &dyn Fn(&cmt_memory::EntryMeta) -> bool) -> Result<Vec<TopK>> {
+fn dense(
+    bank: &Bank,
+    q: &[f32],
+    tau: f32,
+    keep: &dyn Fn(&cmt_memory::EntryMeta) -> bool,
+) -> Result<Vec<TopK>> {
     let r = bank.keys().r();
     let metas: Vec<_> = bank.live_metas()?.into_iter().filter(|m| keep(m)).collect();
     let mut keys = Vec::with_capacity(metas.len());
@@ -91,7 +96,9 @@ fn dense(bank: &Bank, q: &[f32], tau: f32, keep: &dyn Fn(&cmt_memory::EntryMeta)
                 .iter()
                 .map(|k| k.iter().zip(qk).map(|(a, b)| a * b).sum::<f32>() / tau)
                 .collect();
-            let m = scores.iter().fold(f64::NEG_INFINITY, |m, &s| m.max(s as f64));
+            let m = scores
+                .iter()
+                .fold(f64::NEG_INFINITY, |m, &s| m.max(s as f64));
             let e: Vec<f64> = scores.iter().map(|&s| (s as f64 - m).exp()).collect();
             let z: f64 = e.iter().sum();
             let weights: Vec<f32> = e.iter().map(|x| (x / z) as f32).collect();
@@ -168,7 +175,8 @@ fn ask_batch(
         let sel = if !model.cfg().topk {
             dense(bank, &qx.keys, tau, &keep)
         } else if windowed {
-            bank.search_where(&qx.keys, k, tau, keep).map_err(Error::from)
+            bank.search_where(&qx.keys, k, tau, keep)
+                .map_err(Error::from)
         } else {
             bank.search(&qx.keys, k, tau).map_err(Error::from)
         };
@@ -185,7 +193,11 @@ fn ask_batch(
                     let e = bank
                         .get(id)?
                         .ok_or_else(|| Error::Invalid(format!("entry {id} vanished")))?;
-                    row.push((e.memory.to_f32_vec(), e.title.to_string(), decode_source(e.source)));
+                    row.push((
+                        e.memory.to_f32_vec(),
+                        e.title.to_string(),
+                        decode_source(e.source),
+                    ));
                 }
                 entries.push(row);
             }
@@ -207,23 +219,27 @@ fn ask_batch(
                     .zip(&s.scores)
                     .zip(&s.weights)
                     .zip(row)
-                    .map(|(((&entry, &score), &weight), (_, title, doc))| UsedMemory {
-                        entry,
-                        id: doc.doc_id.clone(),
-                        chunk: doc.chunk,
-                        title: title.clone(),
-                        score,
-                        weight,
-                    })
+                    .map(
+                        |(((&entry, &score), &weight), (_, title, doc))| UsedMemory {
+                            entry,
+                            id: doc.doc_id.clone(),
+                            chunk: doc.chunk,
+                            title: title.clone(),
+                            score,
+                            weight,
+                        },
+                    )
                     .collect();
             }
             with_memory = true;
         }
     }
     let t3 = Instant::now();
-    let answers = model
-        .base
-        .answer(&prompts, with_memory.then_some(prefixes.as_slice()), opts.max_new_tokens)?;
+    let answers = model.base.answer(
+        &prompts,
+        with_memory.then_some(prefixes.as_slice()),
+        opts.max_new_tokens,
+    )?;
     tm.generate_s = t3.elapsed().as_secs_f64();
     Ok(questions
         .iter()

@@ -134,7 +134,10 @@ fn shapes_of(cfg: &CmtConfig, base: &BaseDims, params: &CmtParams) -> Vec<Vec<us
 
 fn sha256_bytes(b: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 /// Reads a checkpoint; every tensor and metadata field is checked, errors name the file.

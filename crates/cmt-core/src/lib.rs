@@ -30,10 +30,13 @@ pub mod prefix;
 pub mod template;
 pub mod train;
 
-pub use cmt_runtime as runtime;
-pub use api::{base_param_count, default_checkpoint_path, default_template, init_checkpoint, Cmt, DEFAULT_CHECKPOINT};
+pub use api::{
+    base_param_count, default_checkpoint_path, default_template, init_checkpoint, Cmt,
+    DEFAULT_CHECKPOINT,
+};
 pub use ask::{Answer, AskOptions};
+pub use cmt_runtime as runtime;
 pub use config::CmtConfig;
 pub use data::Document;
-pub use ingest::{IngestOptions, IngestReport};
 pub use error::{Error, Result};
+pub use ingest::{IngestOptions, IngestReport};

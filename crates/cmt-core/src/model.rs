@@ -88,10 +88,11 @@ impl BaseLm {
             ..Default::default()
         };
         let tok = &self.tok;
-        let ids = cmt_runtime::generate(&self.model, &mut sess, prompts, prefixes, &opts, |_, id| {
-            // Stop a sequence at the first token whose text holds a newline.
-            Ok(!tok.decode(&[id])?.contains('\n'))
-        })?;
+        let ids =
+            cmt_runtime::generate(&self.model, &mut sess, prompts, prefixes, &opts, |_, id| {
+                // Stop a sequence at the first token whose text holds a newline.
+                Ok(!tok.decode(&[id])?.contains('\n'))
+            })?;
         ids.iter()
             .map(|s| {
                 let text = self.tok.decode(s)?;
@@ -167,7 +168,12 @@ impl CmtModel {
     }
 
     /// θ's encoder as the config sets it (ℓ_enc, chunking), with a progress bar policy.
-    pub fn encoder(&self, max_doc_tokens: usize, overlap: usize, progress: Progress) -> Result<Encoder<'_, CpuBackend>> {
+    pub fn encoder(
+        &self,
+        max_doc_tokens: usize,
+        overlap: usize,
+        progress: Progress,
+    ) -> Result<Encoder<'_, CpuBackend>> {
         let opts = EncodeOptions {
             layer: self.cfg().encode_layer.hidden_layer(),
             chunking: Chunking::new(max_doc_tokens, overlap)?,
@@ -227,7 +233,10 @@ impl CmtModel {
 
     /// A′ for each question from its memory M_x, its selection and the selected memories.
     pub fn refine(&self, m_x: &[f32], sel: &[TopK], selected: &[Vec<&[f32]>]) -> Result<Vec<f32>> {
-        let a: Vec<f32> = sel.iter().flat_map(|s| s.aggregate.iter().copied()).collect();
+        let a: Vec<f32> = sel
+            .iter()
+            .flat_map(|s| s.aggregate.iter().copied())
+            .collect();
         if !self.cfg().aggregator {
             return Ok(a);
         }

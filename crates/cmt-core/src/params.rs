@@ -87,7 +87,8 @@ impl CmtParams {
         cfg.validate()?;
         check_base(cfg, base)?;
         let compressor = Compressor::init(cfg.compressor.clone(), seed)?;
-        let aggregator = cmt_compress::Params::init(&cfg.aggregator_blocks_config(), seed ^ 1)?.blocks;
+        let aggregator =
+            cmt_compress::Params::init(&cfg.aggregator_blocks_config(), seed ^ 1)?.blocks;
         let prefix = PrefixParams::init(&prefix_dims(cfg, base), seed ^ 2);
         Ok(CmtParams {
             compressor,

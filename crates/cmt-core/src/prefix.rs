@@ -246,7 +246,11 @@ pub fn backward(
     );
     let n = tape.n;
     let want = l * g * p * hd;
-    if d_prefix.len() != n || d_prefix.iter().any(|(k, v)| k.len() != want || v.len() != want) {
+    if d_prefix.len() != n
+        || d_prefix
+            .iter()
+            .any(|(k, v)| k.len() != want || v.len() != want)
+    {
         return Err(Error::Shape(format!(
             "prefix backward: expected {n} (dK, dV) pairs of {want} values each"
         )));

@@ -95,8 +95,7 @@ pub fn chat_template_of(model_path: &Path) -> Result<Option<String>> {
             .map(str::to_string));
     }
     let g = cmt_runtime::gguf::GgufFile::open(model_path)?;
-    Ok(g
-        .get("tokenizer.chat_template")
+    Ok(g.get("tokenizer.chat_template")
         .and_then(|v| v.as_str())
         .map(str::to_string))
 }

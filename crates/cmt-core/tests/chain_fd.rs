@@ -33,7 +33,9 @@ fn qa_chain_gradient_matches_finite_differences_for_every_tensor() {
         )
         .unwrap();
         let toks = |n: usize, rng: &mut Rng| -> Vec<u32> {
-            (0..n).map(|_| ((rng.next() + 1.0) * 120.0) as u32).collect()
+            (0..n)
+                .map(|_| ((rng.next() + 1.0) * 120.0) as u32)
+                .collect()
         };
         let docs: Vec<Vec<u32>> = (0..4).map(|i| toks(5 + i, &mut rng)).collect();
         let qs: Vec<Vec<u32>> = (0..2).map(|i| toks(3 + i, &mut rng)).collect();
@@ -75,7 +77,11 @@ fn qa_chain_gradient_matches_finite_differences_for_every_tensor() {
         assert!(chosen.iter().all(|c| c.len() == cfg.k));
 
         let names: Vec<String> = params.tensors().into_iter().map(|(n, _)| n).collect();
-        let gvals: Vec<Vec<f32>> = grads.tensors().into_iter().map(|(_, t)| t.to_vec()).collect();
+        let gvals: Vec<Vec<f32>> = grads
+            .tensors()
+            .into_iter()
+            .map(|(_, t)| t.to_vec())
+            .collect();
         let mut checked = 0;
         for (ti, name) in names.iter().enumerate() {
             if !aggregator && name.starts_with("aggregator.") {
@@ -87,7 +93,11 @@ fn qa_chain_gradient_matches_finite_differences_for_every_tensor() {
             let mut v = rng.vec(n, 1.0);
             let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
             v.iter_mut().for_each(|x| *x /= norm);
-            let analytic: f64 = gvals[ti].iter().zip(&v).map(|(g, d)| *g as f64 * *d as f64).sum();
+            let analytic: f64 = gvals[ti]
+                .iter()
+                .zip(&v)
+                .map(|(g, d)| *g as f64 * *d as f64)
+                .sum();
             let eps = 5e-3f32;
             let at = |sign: f32| {
                 let mut p = params.clone();

@@ -81,7 +81,9 @@ fn ingest_ask_delete_compact() {
     let cmt = Cmt::open(&s.model, &s.ckpt).unwrap();
     let bank_dir = s.root.join("bank");
     let mut bank = cmt.open_bank_writer(&bank_dir).unwrap();
-    let rep = cmt.ingest(&mut bank, &docs(), &IngestOptions::default(), |_| {}).unwrap();
+    let rep = cmt
+        .ingest(&mut bank, &docs(), &IngestOptions::default(), |_| {})
+        .unwrap();
     assert_eq!((rep.added, rep.entries, rep.skipped), (6, 6, 0));
 
     let answers = cmt.ask(Some(&bank), &questions(), &opts()).unwrap();
@@ -104,7 +106,14 @@ fn ingest_ask_delete_compact() {
     // The memories used are the bank's top k by k_x·k_d: the same question asked with
     // k = 6 (every entry) lists the k = 2 selection first.
     let all = cmt
-        .ask(Some(&bank), &questions(), &AskOptions { k: Some(6), ..opts() })
+        .ask(
+            Some(&bank),
+            &questions(),
+            &AskOptions {
+                k: Some(6),
+                ..opts()
+            },
+        )
         .unwrap();
     for (a, b) in answers.iter().zip(&all) {
         let top: Vec<u64> = b.memories.iter().take(2).map(|m| m.entry).collect();
@@ -120,7 +129,10 @@ fn ingest_ask_delete_compact() {
     };
     for a in cmt.ask(Some(&bank), &questions(), &win).unwrap() {
         let got: Vec<&str> = a.memories.iter().map(|m| m.id.as_str()).collect();
-        assert!(got.iter().all(|id| ["doc1", "doc3"].contains(id)), "{got:?}");
+        assert!(
+            got.iter().all(|id| ["doc1", "doc3"].contains(id)),
+            "{got:?}"
+        );
     }
 
     // Delete two documents: they never come back, whatever is asked.
@@ -129,7 +141,14 @@ fn ingest_ask_delete_compact() {
         .unwrap();
     assert_eq!((n, missing), (2, vec!["nope".to_string()]));
     let after = cmt
-        .ask(Some(&bank), &questions(), &AskOptions { k: Some(6), ..opts() })
+        .ask(
+            Some(&bank),
+            &questions(),
+            &AskOptions {
+                k: Some(6),
+                ..opts()
+            },
+        )
         .unwrap();
     for a in &after {
         assert_eq!(a.memories.len(), 4);
@@ -138,7 +157,14 @@ fn ingest_ask_delete_compact() {
     // Compaction changes no answer, memory or weight.
     bank.compact().unwrap();
     let compacted = cmt
-        .ask(Some(&bank), &questions(), &AskOptions { k: Some(6), ..opts() })
+        .ask(
+            Some(&bank),
+            &questions(),
+            &AskOptions {
+                k: Some(6),
+                ..opts()
+            },
+        )
         .unwrap();
     for (a, b) in after.iter().zip(&compacted) {
         assert_eq!(a.answer, b.answer);
@@ -154,7 +180,14 @@ fn ingest_ask_delete_compact() {
     drop(bank);
     let reader = cmt.open_bank_reader(&bank_dir).unwrap();
     let again = cmt
-        .ask(Some(&reader), &questions(), &AskOptions { k: Some(6), ..opts() })
+        .ask(
+            Some(&reader),
+            &questions(),
+            &AskOptions {
+                k: Some(6),
+                ..opts()
+            },
+        )
         .unwrap();
     assert_eq!(
         again.iter().map(|a| &a.memories).collect::<Vec<_>>(),
@@ -210,7 +243,12 @@ fn resume_skips_present_documents_and_reports_changed_ones() {
     let mut changed = all[1].clone();
     changed.text = "Veltronic cancelled the Moonfish phone.".into();
     let rep = cmt
-        .ingest(&mut resumed, &[changed.clone()], &IngestOptions::default(), |_| {})
+        .ingest(
+            &mut resumed,
+            &[changed.clone()],
+            &IngestOptions::default(),
+            |_| {},
+        )
         .unwrap();
     assert_eq!(rep.conflicts, vec!["doc1".to_string()]);
     assert_eq!(resumed.live_count(), 6);
@@ -242,26 +280,38 @@ fn other_models_checkpoints_and_banks_are_refused() {
 
     // The checkpoint on another base model.
     let other = common::write_tiny_model(&s.root, 16, 8);
-    let err = Cmt::open(&other, &s.ckpt).err().expect("refused").to_string();
-    assert!(err.contains("ckpt.safetensors") && err.contains("made for base model"), "{err}");
+    let err = Cmt::open(&other, &s.ckpt)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("ckpt.safetensors") && err.contains("made for base model"),
+        "{err}"
+    );
 
     // The bank with another checkpoint (same model).
     let ckpt2 = s.root.join("ckpt2.safetensors");
     make_ckpt(&s.model, &ckpt2, 2);
     let cmt2 = Cmt::open(&s.model, &ckpt2).unwrap();
     for err in [
-        cmt2.open_bank_reader(&bank_dir).err().expect("refused"),
-        cmt2.open_bank_writer(&bank_dir).err().expect("refused"),
+        cmt2.open_bank_reader(&bank_dir).expect_err("refused"),
+        cmt2.open_bank_writer(&bank_dir).expect_err("refused"),
     ] {
         let msg = err.to_string();
-        assert!(msg.contains("belongs to") && msg.contains("ckpt2.safetensors"), "{msg}");
+        assert!(
+            msg.contains("belongs to") && msg.contains("ckpt2.safetensors"),
+            "{msg}"
+        );
     }
 
     // A damaged checkpoint names the file.
     let bytes = std::fs::read(&s.ckpt).unwrap();
     let bad = s.root.join("bad.safetensors");
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
-    let msg = Cmt::open(&s.model, &bad).err().expect("refused").to_string();
+    let msg = Cmt::open(&s.model, &bad)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(msg.contains("bad.safetensors"), "{msg}");
     // A foreign safetensors file (the model's weights) too.
     let msg = Cmt::open(&s.model, &s.model.join("model.safetensors"))

@@ -15,7 +15,11 @@ fn rows(v: &[f64], cols: usize) -> M {
 /// x · wᵀ, w given row-major as [out, in].
 fn lin(x: &M, w: &M) -> M {
     x.iter()
-        .map(|r| w.iter().map(|wr| r.iter().zip(wr).map(|(a, b)| a * b).sum()).collect())
+        .map(|r| {
+            w.iter()
+                .map(|wr| r.iter().zip(wr).map(|(a, b)| a * b).sum())
+                .collect()
+        })
         .collect()
 }
 fn rms(x: &M, g: &[f64], eps: f64) -> M {
@@ -47,7 +51,13 @@ fn blk64(b: &BlockParams) -> Blk {
 }
 
 /// ψ for one question, plain f64: A′ = A + blocks(M_x; [sel…, A]) − M_x.
-fn psi_ref(cfg: &CompressorConfig, blocks: &[Blk], mx: &[f64], sel: &[Vec<f64>], a: &[f64]) -> Vec<f64> {
+fn psi_ref(
+    cfg: &CompressorConfig,
+    blocks: &[Blk],
+    mx: &[f64],
+    sel: &[Vec<f64>],
+    a: &[f64],
+) -> Vec<f64> {
     let (d, hd, heads) = (cfg.d, cfg.head_dim, cfg.heads);
     let aw = heads * hd;
     let mut x = rows(mx, d);
@@ -65,7 +75,11 @@ fn psi_ref(cfg: &CompressorConfig, blocks: &[Blk], mx: &[f64], sel: &[Vec<f64>],
                 let s: Vec<f64> = k
                     .iter()
                     .map(|kr| {
-                        qi[r.clone()].iter().zip(&kr[r.clone()]).map(|(a, b)| a * b).sum::<f64>()
+                        qi[r.clone()]
+                            .iter()
+                            .zip(&kr[r.clone()])
+                            .map(|(a, b)| a * b)
+                            .sum::<f64>()
                             / (hd as f64).sqrt()
                     })
                     .collect();
@@ -96,7 +110,14 @@ fn psi_ref(cfg: &CompressorConfig, blocks: &[Blk], mx: &[f64], sel: &[Vec<f64>],
 }
 
 /// G_ω for one aggregate, plain f64: K and V as [L, n_kv, p, h] each.
-fn prefix_ref(dm: &PrefixDims, norm: &[f64], down: &[f64], up: &[f64], bias: &[f64], a: &[f64]) -> (Vec<f64>, Vec<f64>) {
+fn prefix_ref(
+    dm: &PrefixDims,
+    norm: &[f64],
+    down: &[f64],
+    up: &[f64],
+    bias: &[f64],
+    a: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
     let (d, r, kvd, p, hd, g) = (dm.d, dm.rank, dm.kv_dim(), dm.p, dm.head_dim, dm.kv_heads);
     let u = rms(&rows(a, d), norm, 1e-6);
     let mut k = vec![0.0; dm.layers * g * p * hd];
@@ -111,7 +132,8 @@ fn prefix_ref(dm: &PrefixDims, norm: &[f64], down: &[f64], up: &[f64], bias: &[f
             for (j, yr) in y.iter().enumerate() {
                 for gi in 0..g {
                     for e in 0..hd {
-                        dst[((l * g + gi) * p + j) * hd + e] = yr[gi * hd + e] + bias[ls * kvd + gi * hd + e];
+                        dst[((l * g + gi) * p + j) * hd + e] =
+                            yr[gi * hd + e] + bias[ls * kvd + gi * hd + e];
                     }
                 }
             }
@@ -124,7 +146,10 @@ fn check(got: &[f32], want: &[f64], what: &str) {
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-3);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let tol = 2e-4 * scale + 2e-3 * w.abs();
-        assert!(((*g as f64) - w).abs() <= tol, "{what}[{i}]: got {g}, want {w} (tol {tol:.2e})");
+        assert!(
+            ((*g as f64) - w).abs() <= tol,
+            "{what}[{i}]: got {g}, want {w} (tol {tol:.2e})"
+        );
     }
 }
 
@@ -287,7 +312,14 @@ proptest! {
 #[test]
 fn default_prefix_generator_is_under_five_percent_of_the_default_model() {
     // SmolLM2-135M: 30 layers, 3 kv heads of 64, hidden 576, 134.5M parameters.
-    let dm = PrefixDims { layers: 30, kv_heads: 3, head_dim: 64, d: 576, p: 16, rank: 64 };
+    let dm = PrefixDims {
+        layers: 30,
+        kv_heads: 3,
+        head_dim: 64,
+        d: 576,
+        p: 16,
+        rank: 64,
+    };
     let n = PrefixParams::zeros(&dm).num_params();
     assert_eq!(n, 576 + 30 * 2 * (64 * 576 + 192 * 64 + 192));
     assert!((n as f64) < 0.05 * 134_515_008.0, "{n}");

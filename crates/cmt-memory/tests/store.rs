@@ -285,6 +285,9 @@ fn search_where_equals_the_brute_force_over_the_kept_entries() {
     let metas = bank.live_metas().unwrap();
     assert_eq!(metas.len(), 28);
     assert!(metas.iter().all(|m| m.id != 4 && m.id != 20));
-    assert_eq!(bank.meta(5).unwrap().unwrap().title, Owned::new(5, &bank).title);
+    assert_eq!(
+        bank.meta(5).unwrap().unwrap().title,
+        Owned::new(5, &bank).title
+    );
     assert!(bank.meta(4).unwrap().is_none());
 }

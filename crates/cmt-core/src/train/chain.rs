@@ -93,10 +93,18 @@ pub fn qa_loss(
     let (cd, tape_d) = comp.forward_train(&batch.docs)?;
     let (cx, tape_x) = comp.forward_train(&batch.questions)?;
     let nd = batch.docs.docs();
-    let (qkeys, qmems) = batch.queue.as_ref().map_or((&[][..], &[][..]), |q| (q.keys, q.memories));
+    let (qkeys, qmems) = batch
+        .queue
+        .as_ref()
+        .map_or((&[][..], &[][..]), |q| (q.keys, q.memories));
     let n = nd + qkeys.len() / r;
     let mut km = KeyMatrix::with_capacity(r, n);
-    for (i, k) in cd.keys.chunks_exact(r).chain(qkeys.chunks_exact(r)).enumerate() {
+    for (i, k) in cd
+        .keys
+        .chunks_exact(r)
+        .chain(qkeys.chunks_exact(r))
+        .enumerate()
+    {
         km.push(i as u64, k)?;
     }
     let k = if cfg.topk { cfg.k.min(n) } else { n };
@@ -117,7 +125,10 @@ pub fn qa_loss(
         .iter()
         .map(|s| s.ids.iter().map(|&id| mems.row(id)).collect())
         .collect();
-    let a: Vec<f32> = sel.iter().flat_map(|s| s.aggregate.iter().copied()).collect();
+    let a: Vec<f32> = sel
+        .iter()
+        .flat_map(|s| s.aggregate.iter().copied())
+        .collect();
     let agg_cfg = cfg.aggregator_blocks_config();
     let (a_prime, agg_tape) = if cfg.aggregator {
         let input = AggInput {
@@ -132,7 +143,12 @@ pub fn qa_loss(
     };
     let pdims = prefix_dims(cfg, &base);
     let (prefixes, ptape) = prefix::forward(&pdims, &params.prefix, &a_prime)?;
-    let longest = batch.seqs.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+    let longest = batch
+        .seqs
+        .iter()
+        .map(|(ids, _)| ids.len())
+        .max()
+        .unwrap_or(0);
     let mut sess = theta.session(nq, pdims.p + longest)?;
     let seqs: Vec<TrainSeq> = batch
         .seqs
@@ -161,7 +177,13 @@ pub fn qa_loss(
     let d_ap = prefix::backward(&pdims, &params.prefix, &ptape, &dpre, &mut grads.prefix)?;
     let (d_mx, d_sel, d_a) = match &agg_tape {
         Some(tape) => {
-            let g = aggregator::backward(&agg_cfg, &params.aggregator, tape, &d_ap, &mut grads.aggregator)?;
+            let g = aggregator::backward(
+                &agg_cfg,
+                &params.aggregator,
+                tape,
+                &d_ap,
+                &mut grads.aggregator,
+            )?;
             (g.d_mx, Some(g.d_selected), g.d_a)
         }
         None => (vec![0.0; nq * td], None, d_ap),
@@ -198,7 +220,9 @@ pub fn qa_loss(
                 .zip(&g.d_keys[i])
                 .for_each(|(a, b)| *a += b);
             let dm = &mut d_mem_d[id * td..(id + 1) * td];
-            dm.iter_mut().zip(&g.d_memories[i]).for_each(|(a, b)| *a += b);
+            dm.iter_mut()
+                .zip(&g.d_memories[i])
+                .for_each(|(a, b)| *a += b);
             if let Some(ds) = &d_sel {
                 dm.iter_mut().zip(&ds[q][i]).for_each(|(a, b)| *a += b);
             }
