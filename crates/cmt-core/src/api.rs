@@ -74,6 +74,7 @@ pub fn init_checkpoint(
 
 /// θ plus a checkpoint: what ingest and ask run on.
 pub struct Cmt {
+    /// The model: θ, the checkpoint and the template.
     pub model: CmtModel,
 }
 

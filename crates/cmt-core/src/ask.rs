@@ -14,7 +14,9 @@ pub struct AskOptions {
     pub k: Option<usize>,
     /// Only memories with a timestamp in `[since, until]` (Unix seconds, inclusive).
     pub since: Option<u64>,
+    /// Upper end of the time window (inclusive).
     pub until: Option<u64>,
+    /// New tokens at most per answer (24 in every method's protocol).
     pub max_new_tokens: usize,
     /// Questions answered together.
     pub batch: usize,
@@ -39,7 +41,9 @@ pub struct UsedMemory {
     pub entry: u64,
     /// The document it came from, and which chunk of it.
     pub id: String,
+    /// Chunk number of the entry within its document.
     pub chunk: usize,
+    /// The document's title.
     pub title: String,
     /// s = k_x·k_d / τ.
     pub score: f32,
@@ -63,13 +67,18 @@ pub struct Timings {
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+/// One question's answer.
 pub struct Answer {
+    /// The question as asked.
     pub question: String,
+    /// The generated answer (up to the first newline).
     pub answer: String,
     /// False when the bank was empty (or nothing fell in the time window): answered
     /// without memory.
     pub with_memory: bool,
+    /// The memories aggregated into the prefix, best first.
     pub memories: Vec<UsedMemory>,
+    /// Stage times of the batch this question was answered in.
     pub timings: Timings,
 }
 

@@ -18,6 +18,7 @@ use std::path::Path;
 pub const SEP: char = '\u{1f}';
 /// Widths of the bank's metadata fields (bytes).
 pub const SOURCE_MAX: usize = 512;
+/// Width of the title field (bytes).
 pub const TITLE_MAX: usize = 256;
 /// Longest document id accepted (bytes).
 pub const MAX_ID_LEN: usize = 256;
@@ -25,8 +26,11 @@ pub const MAX_ID_LEN: usize = 256;
 /// What CMT stores about a document in each of its entries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryDoc {
+    /// The document's id (as given at ingest).
     pub doc_id: String,
+    /// Which chunk of the document this entry holds (0 for the first).
     pub chunk: usize,
+    /// The document's source, as given at ingest (cut to the field's width).
     pub source: String,
 }
 
@@ -143,7 +147,9 @@ pub fn open_writer(dir: &Path, model: &CmtModel) -> Result<Bank> {
 /// A live entry with its document fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocEntry {
+    /// The record's metadata.
     pub meta: EntryMeta,
+    /// The document fields packed in it.
     pub doc: EntryDoc,
 }
 

@@ -23,40 +23,57 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// The `format` metadata value of a CMT checkpoint.
 pub const FORMAT: &str = "cmt-checkpoint";
+/// The format version this build writes and reads.
 pub const VERSION: &str = "1";
 
 /// Storage type of the tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CkptDtype {
+    /// 32-bit floats (training).
     F32,
+    /// bfloat16 (shipping; half the bytes).
     Bf16,
 }
 
 /// The base model a checkpoint belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseModel {
+    /// sha256 of θ's file(s), see [`crate::model::model_sha256`].
     pub sha256: String,
+    /// θ's file name, for messages.
     pub name: String,
+    /// θ's dimensions.
     pub dims: BaseDims,
 }
 
 /// A checkpoint's metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CkptMeta {
+    /// Every hyper-parameter and switch.
     pub config: CmtConfig,
+    /// The θ it belongs to.
     pub base: BaseModel,
+    /// The question template's name (`plain` or `chat`).
     pub template: String,
+    /// The command line that made the file.
     pub command: String,
+    /// Unix seconds at writing.
     pub created: u64,
+    /// Free-form JSON (training figures, step, seed, …).
     pub extra: serde_json::Value,
+    /// Storage type of the tensors.
     pub dtype: CkptDtype,
 }
 
 /// A checkpoint read back.
 pub struct Checkpoint {
+    /// The file it was read from.
     pub path: PathBuf,
+    /// Its metadata.
     pub meta: CkptMeta,
+    /// φ, W_key, ψ, ω and τ, widened to f32.
     pub params: CmtParams,
     /// sha256 of the file's bytes: what a bank records to stay bound to these parameters.
     pub sha256: String,

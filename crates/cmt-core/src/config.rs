@@ -16,6 +16,7 @@ pub enum EncodeLayer {
 }
 
 impl EncodeLayer {
+    /// The runtime's name for this capture point.
     pub fn hidden_layer(self) -> cmt_runtime::HiddenLayer {
         match self {
             EncodeLayer::FinalNorm => cmt_runtime::HiddenLayer::FinalNorm,
@@ -43,6 +44,7 @@ pub struct CmtConfig {
     pub tau_init: f32,
     /// τ is clamped to [tau_min, tau_max].
     pub tau_min: f32,
+    /// Upper clamp of τ.
     pub tau_max: f32,
     /// ℓ_enc.
     pub encode_layer: EncodeLayer,
@@ -98,6 +100,7 @@ impl CmtConfig {
         }
     }
 
+    /// Checks every value's range; the error names the field.
     pub fn validate(&self) -> Result<()> {
         self.compressor
             .validate()

@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
+/// Errors of cmt-core.
 pub enum Error {
     /// A configuration value is out of range.
     #[error("config: {0}")]
@@ -13,32 +14,50 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     #[error("{path}: {source}")]
+    /// A file could not be read or written.
     Io {
+        /// The file.
         path: PathBuf,
         #[source]
+        /// What the OS said.
         source: std::io::Error,
     },
     /// A checkpoint is damaged, foreign, or made for another base model.
     #[error("{path}: {msg}")]
-    Checkpoint { path: PathBuf, msg: String },
+    Checkpoint {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// A bank that does not belong to this model and checkpoint.
     #[error("{path}: {msg}")]
-    BankMismatch { path: PathBuf, msg: String },
+    BankMismatch {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
     #[error(transparent)]
+    /// From the runtime (θ, tokenizer, model files).
     Runtime(#[from] cmt_runtime::Error),
     #[error(transparent)]
+    /// From the compressor.
     Compress(#[from] cmt_compress::Error),
     #[error(transparent)]
+    /// From the memory bank (damage names file and offset).
     Memory(#[from] cmt_memory::Error),
 }
 
 impl Error {
+    /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
         }
     }
+    /// An [`Error::Checkpoint`] for `path`.
     pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Checkpoint {
             path: path.into(),
@@ -47,4 +66,5 @@ impl Error {
     }
 }
 
+/// cmt-core's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

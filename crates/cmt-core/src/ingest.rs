@@ -38,6 +38,7 @@ impl Default for IngestOptions {
 pub struct IngestProgress {
     /// Documents handled so far (added or skipped), of `total`.
     pub done: usize,
+    /// Documents in the call.
     pub total: usize,
     /// Entries appended so far.
     pub entries: usize,
@@ -48,6 +49,7 @@ pub struct IngestProgress {
 pub struct IngestReport {
     /// Documents appended (one or more entries each).
     pub added: usize,
+    /// Entries appended (a long document gives several).
     pub entries: usize,
     /// Already in the bank with the same text.
     pub skipped: usize,

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! cmt-core, the orchestrator (DESIGN §2): binds the frozen model (`cmt-runtime`), the
 //! compressor (`cmt-compress`) and the memory bank (`cmt-memory`) into CMT — ingest, ask,
 //! checkpoints — and is what downstream crates link. The `cmt` CLI is a thin layer over it.

@@ -20,8 +20,11 @@ pub const MAX_NEW_TOKENS: usize = 24;
 
 /// θ, loaded, with what identifies it.
 pub struct BaseLm {
+    /// The frozen transformer.
     pub model: Model<CpuBackend>,
+    /// Its tokenizer.
     pub tok: Tokenizer,
+    /// The file or directory it was loaded from.
     pub path: PathBuf,
     /// sha256 of the GGUF file (or of an HF directory's files, see [`model_sha256`]).
     pub sha256: String,
@@ -40,6 +43,7 @@ impl BaseLm {
         })
     }
 
+    /// θ's dimensions that the trainable parts depend on.
     pub fn dims(&self) -> BaseDims {
         BaseDims::of(&self.model.cfg)
     }
@@ -142,8 +146,11 @@ pub struct Memories {
 
 /// The full model: θ, the trained parts and the template.
 pub struct CmtModel {
+    /// θ.
     pub base: BaseLm,
+    /// The trained parts and their metadata.
     pub ckpt: Checkpoint,
+    /// The question template the checkpoint was trained with.
     pub template: Template,
 }
 
@@ -159,10 +166,12 @@ impl CmtModel {
         })
     }
 
+    /// The checkpoint's configuration.
     pub fn cfg(&self) -> &CmtConfig {
         &self.ckpt.meta.config
     }
 
+    /// The trainable parameters.
     pub fn params(&self) -> &CmtParams {
         &self.ckpt.params
     }

@@ -8,14 +8,20 @@ use cmt_compress::{BlockParams, Compressor};
 /// θ's dimensions that the trainable parts depend on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BaseDims {
+    /// Hidden size D.
     pub hidden: usize,
+    /// Layers L.
     pub layers: usize,
+    /// Key/value heads.
     pub kv_heads: usize,
+    /// Size of a head.
     pub head_dim: usize,
+    /// Vocabulary size.
     pub vocab: usize,
 }
 
 impl BaseDims {
+    /// The dimensions of a loaded model's config.
     pub fn of(cfg: &cmt_runtime::ModelConfig) -> Self {
         BaseDims {
             hidden: cfg.hidden,
@@ -40,6 +46,7 @@ pub fn prefix_dims(cfg: &CmtConfig, base: &BaseDims) -> PrefixDims {
 }
 
 #[derive(Clone, Debug, PartialEq)]
+/// Every trainable tensor of CMT.
 pub struct CmtParams {
     /// φ and W_key (with their config, ready to run).
     pub compressor: Compressor,
@@ -168,6 +175,7 @@ impl CmtParams {
         v
     }
 
+    /// Number of trainable scalars.
     pub fn num_params(&self) -> usize {
         self.tensors().iter().map(|(_, t)| t.len()).sum()
     }

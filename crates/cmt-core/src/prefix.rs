@@ -20,7 +20,9 @@ use cmt_runtime::KvPrefix;
 pub struct PrefixDims {
     /// θ's layers L, key/value heads and head size.
     pub layers: usize,
+    /// Key/value heads of θ.
     pub kv_heads: usize,
+    /// Size of a head.
     pub head_dim: usize,
     /// Width of A′ (θ's hidden size D).
     pub d: usize,
@@ -31,6 +33,7 @@ pub struct PrefixDims {
 }
 
 impl PrefixDims {
+    /// n_kv · h, the width of one layer's keys (or values) per slot.
     pub fn kv_dim(&self) -> usize {
         self.kv_heads * self.head_dim
     }
@@ -72,6 +75,7 @@ const EPS: f32 = 1e-6;
 const KEY_INIT: f32 = 0.1;
 
 impl PrefixParams {
+    /// All zeros (gradient accumulators).
     pub fn zeros(dims: &PrefixDims) -> Self {
         let n = |i: usize| dims.shapes()[i].1.iter().product::<usize>();
         PrefixParams {
@@ -100,6 +104,7 @@ impl PrefixParams {
         p
     }
 
+    /// The four tensors by name.
     pub fn tensors(&self) -> [(&'static str, &[f32]); 4] {
         [
             ("norm", &self.norm),
@@ -109,6 +114,7 @@ impl PrefixParams {
         ]
     }
 
+    /// The four tensors by name, mutable.
     pub fn tensors_mut(&mut self) -> [(&'static str, &mut Vec<f32>); 4] {
         [
             ("norm", &mut self.norm),
@@ -118,10 +124,12 @@ impl PrefixParams {
         ]
     }
 
+    /// Number of scalars.
     pub fn num_params(&self) -> usize {
         self.tensors().iter().map(|(_, t)| t.len()).sum()
     }
 
+    /// Checks every tensor's length against `dims`; the error names the tensor.
     pub fn check(&self, dims: &PrefixDims) -> Result<()> {
         for ((name, shape), (_, t)) in dims.shapes().iter().zip(self.tensors()) {
             let n: usize = shape.iter().product();

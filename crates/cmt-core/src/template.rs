@@ -12,8 +12,13 @@ use std::path::Path;
 /// A question template, ready to render.
 #[derive(Clone, Debug)]
 pub enum Template {
+    /// `Question: … Answer:`.
     Plain,
-    Chat { source: String },
+    /// The model's own chat template (Jinja source).
+    Chat {
+        /// The Jinja source.
+        source: String,
+    },
 }
 
 impl Template {

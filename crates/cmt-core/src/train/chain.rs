@@ -34,6 +34,7 @@ pub struct QaBatch<'a> {
     /// Per question: the token ids θ reads after the prefix (prompt then answer) and a
     /// label per id (−100 = no loss; as in HF, row t is scored against labels[t + 1]).
     pub seqs: &'a [(Vec<u32>, Vec<i32>)],
+    /// Earlier memories with no gradient, appended to the training bank.
     pub queue: Option<Queue<'a>>,
 }
 
