@@ -409,3 +409,33 @@ fn ingest_refuses_a_bank_of_another_checkpoint() {
         "{err}"
     );
 }
+
+#[test]
+fn checkpoint_show_without_a_file_says_there_is_no_default_yet() {
+    if cmt_core::default_checkpoint_path().is_some() {
+        eprintln!("SKIPPED: a default checkpoint exists");
+        return;
+    }
+    let out = cmt()
+        .args(["checkpoint", "show"])
+        .env_remove("CMT_CHECKPOINT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no default checkpoint yet"), "{err}");
+    // And ask without --checkpoint says the same.
+    let e = env();
+    let out = cmt()
+        .args(["ask", "--bank"])
+        .arg(e.root.join("bank"))
+        .arg("--model")
+        .arg(&e.model)
+        .arg("q?")
+        .env_remove("CMT_CHECKPOINT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no default checkpoint yet"), "{err}");
+}

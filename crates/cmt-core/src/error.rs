@@ -38,14 +38,17 @@ pub enum Error {
         /// What is wrong with it.
         msg: String,
     },
-    #[error(transparent)]
     /// From the runtime (θ, tokenizer, model files).
+    #[error(transparent)]
     Runtime(#[from] cmt_runtime::Error),
-    #[error(transparent)]
     /// From the compressor.
-    Compress(#[from] cmt_compress::Error),
     #[error(transparent)]
+    Compress(#[from] cmt_compress::Error),
+    /// From the dataset and document readers (names file, line and field).
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// From the memory bank (damage names file and offset).
+    #[error(transparent)]
     Memory(#[from] cmt_memory::Error),
 }
 
