@@ -35,7 +35,7 @@ fn cfg() -> AdamWConfig {
         warmup: 3,
         total: 12,
         min_lr: 0.001,
-        clip: 0.8,
+        clip: 1.5,
         ..Default::default()
     }
 }
