@@ -4,6 +4,7 @@ mod bank;
 mod checkpoint;
 mod cmt_arg;
 mod device;
+mod eval;
 mod generate;
 mod ingest;
 mod model_arg;
@@ -53,6 +54,9 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Answer questions with the top-k memories of a bank injected into the frozen model.
     Ask(ask::AskArgs),
+    /// Run the online adaptation protocol (stream documents, answer every question) for
+    /// CMT or a baseline, and report EM, F1, recall, retention and throughput.
+    Eval(Box<eval::EvalArgs>),
     /// Inspect, verify, delete from or compact a memory bank.
     #[command(subcommand)]
     Bank(bank::BankCmd),
@@ -95,6 +99,10 @@ pub fn run() -> Result<()> {
         Command::Ask(a) => {
             device::model_backend(cli.device)?;
             ask::run(a)
+        }
+        Command::Eval(a) => {
+            device::model_backend(cli.device)?;
+            eval::run(*a)
         }
         Command::Bank(c) => bank::run(c),
         Command::Checkpoint(c) => checkpoint::run(c),

@@ -1,6 +1,6 @@
 //! Ask (DESIGN §2): question → θ + C_φ → k_x → fused match / top-k / aggregate over the
 //! bank → ψ → G_ω prefix → θ generates; the answer comes with the memories it used.
-use crate::bank::decode_source;
+use crate::bank::{decode_source, EntryDoc};
 use crate::error::{Error, Result};
 use crate::model::{CmtModel, MAX_NEW_TOKENS};
 use cmt_memory::{Bank, TopK, MAX_K};
@@ -195,21 +195,7 @@ fn ask_batch(
             Err(e) => return Err(e),
         };
         if let Some(sel) = sel {
-            let mut entries = Vec::new();
-            for s in &sel {
-                let mut row = Vec::with_capacity(s.ids.len());
-                for &id in &s.ids {
-                    let e = bank
-                        .get(id)?
-                        .ok_or_else(|| Error::Invalid(format!("entry {id} vanished")))?;
-                    row.push((
-                        e.memory.to_f32_vec(),
-                        e.title.to_string(),
-                        decode_source(e.source),
-                    ));
-                }
-                entries.push(row);
-            }
+            let entries = fetch_selected(bank, &sel)?;
             tm.search_s = t1.elapsed().as_secs_f64();
             let t2 = Instant::now();
             let selected: Vec<Vec<&[f32]>> = entries
@@ -221,25 +207,7 @@ fn ask_batch(
                 prefixes[slot] = Some(p);
             }
             tm.prefix_s = t2.elapsed().as_secs_f64();
-            for (q, (s, row)) in sel.iter().zip(&entries).enumerate() {
-                used[q] = s
-                    .ids
-                    .iter()
-                    .zip(&s.scores)
-                    .zip(&s.weights)
-                    .zip(row)
-                    .map(
-                        |(((&entry, &score), &weight), (_, title, doc))| UsedMemory {
-                            entry,
-                            id: doc.doc_id.clone(),
-                            chunk: doc.chunk,
-                            title: title.clone(),
-                            score,
-                            weight,
-                        },
-                    )
-                    .collect();
-            }
+            used = used_memories(&sel, &entries);
             with_memory = true;
         }
     }
@@ -258,6 +226,223 @@ fn ask_batch(
             question: q.clone(),
             answer,
             with_memory,
+            memories,
+            timings: tm,
+        })
+        .collect())
+}
+
+/// A selected entry read back: its memory (f32), title and document fields.
+type Fetched = (Vec<f32>, String, EntryDoc);
+
+/// Reads every selected entry of `sel` from the bank, per question, best first.
+fn fetch_selected(bank: &Bank, sel: &[TopK]) -> Result<Vec<Vec<Fetched>>> {
+    sel.iter()
+        .map(|s| {
+            s.ids
+                .iter()
+                .map(|&id| {
+                    let e = bank
+                        .get(id)?
+                        .ok_or_else(|| Error::Invalid(format!("entry {id} vanished")))?;
+                    Ok((
+                        e.memory.to_f32_vec(),
+                        e.title.to_string(),
+                        decode_source(e.source),
+                    ))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The [`UsedMemory`] lists of selections and their fetched entries.
+fn used_memories(sel: &[TopK], entries: &[Vec<Fetched>]) -> Vec<Vec<UsedMemory>> {
+    sel.iter()
+        .zip(entries)
+        .map(|(s, row)| {
+            s.ids
+                .iter()
+                .zip(&s.scores)
+                .zip(&s.weights)
+                .zip(row)
+                .map(
+                    |(((&entry, &score), &weight), (_, title, doc))| UsedMemory {
+                        entry,
+                        id: doc.doc_id.clone(),
+                        chunk: doc.chunk,
+                        title: title.clone(),
+                        score,
+                        weight,
+                    },
+                )
+                .collect()
+        })
+        .collect()
+}
+
+/// Self-matching alone (DESIGN §1 steps 5–6 without ψ, G_ω or generation): each question's
+/// `k` best entries of `bank` by s = k_x·k_d / τ, best first, with their softmax weights.
+/// Ranks by score whatever the checkpoint's `topk` switch (the ranking is what retrieval
+/// recall and `cmt-keys-rag` read). An empty bank gives empty lists.
+pub fn match_questions(
+    model: &CmtModel,
+    bank: &Bank,
+    questions: &[String],
+    k: usize,
+) -> Result<Vec<Vec<UsedMemory>>> {
+    if k == 0 || k > MAX_K {
+        return Err(Error::Invalid(format!("k = {k}: must be in 1..={MAX_K}")));
+    }
+    if questions.is_empty() || bank.live_count() == 0 {
+        return Ok(vec![vec![]; questions.len()]);
+    }
+    let ids: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| model.question_ids(q))
+        .collect::<Result<_>>()?;
+    let qx = model.encode_questions(&ids)?;
+    let sel = bank.search(&qx.keys, k, model.params().tau(model.cfg()))?;
+    let entries = fetch_selected(bank, &sel)?;
+    Ok(used_memories(&sel, &entries))
+}
+
+/// Answers each question through the same ψ / G_ω prefix path as [`ask`], but with the bank
+/// entries `entries[i]` as question i's selection instead of its top-k: their scores
+/// s = k_x·k_d / τ, softmax weights over them and A = Σ w M_d, then ψ, G_ω and generation.
+/// This is the `cmt-shuffled` control (entries of other documents, drawn at random). A
+/// question with no entries is answered without memory. Entries are reported best first.
+pub fn ask_with_entries(
+    model: &CmtModel,
+    bank: &Bank,
+    questions: &[String],
+    entries: &[Vec<u64>],
+    opts: &AskOptions,
+) -> Result<Vec<Answer>> {
+    if entries.len() != questions.len() {
+        return Err(Error::Invalid(format!(
+            "{} questions but {} entry lists",
+            questions.len(),
+            entries.len()
+        )));
+    }
+    if let Some(e) = entries.iter().find(|e| e.len() > MAX_K) {
+        return Err(Error::Invalid(format!(
+            "{} entries for one question: at most {MAX_K}",
+            e.len()
+        )));
+    }
+    let b = opts.batch.max(1);
+    let mut out = Vec::with_capacity(questions.len());
+    for (qs, es) in questions.chunks(b).zip(entries.chunks(b)) {
+        out.extend(ask_with_entries_batch(model, bank, qs, es, opts)?);
+    }
+    Ok(out)
+}
+
+/// The selection of one question over the given entries: scores, softmax weights, A.
+fn selection_of(bank: &Bank, key: &[f32], ids: &[u64], tau: f32) -> Result<TopK> {
+    let mut scored = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let e = bank
+            .get(id)?
+            .ok_or_else(|| Error::Invalid(format!("entry {id}: not a live entry of the bank")))?;
+        let s = e.key.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() / tau;
+        scored.push((id, s));
+    }
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let m = scored
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &(_, s)| m.max(s as f64));
+    let ex: Vec<f64> = scored.iter().map(|&(_, s)| (s as f64 - m).exp()).collect();
+    let z: f64 = ex.iter().sum();
+    let weights: Vec<f32> = ex.iter().map(|x| (x / z) as f32).collect();
+    let len = bank.stats().t * bank.stats().d;
+    let mut aggregate = vec![0.0f32; len];
+    for (&(id, _), &w) in scored.iter().zip(&weights) {
+        let e = bank
+            .get(id)?
+            .ok_or_else(|| Error::Invalid(format!("entry {id} vanished")))?;
+        for (i, a) in aggregate.iter_mut().enumerate() {
+            *a += w * e.memory.get(i);
+        }
+    }
+    Ok(TopK {
+        ids: scored.iter().map(|&(id, _)| id).collect(),
+        scores: scored.iter().map(|&(_, s)| s).collect(),
+        weights,
+        aggregate,
+    })
+}
+
+fn ask_with_entries_batch(
+    model: &CmtModel,
+    bank: &Bank,
+    questions: &[String],
+    entries: &[Vec<u64>],
+    opts: &AskOptions,
+) -> Result<Vec<Answer>> {
+    let mut tm = Timings {
+        batch: questions.len(),
+        ..Default::default()
+    };
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| model.prompt_ids(q, None))
+        .collect::<Result<_>>()?;
+    let mut prefixes: Vec<Option<KvPrefix>> = vec![None; questions.len()];
+    let mut used: Vec<Vec<UsedMemory>> = vec![vec![]; questions.len()];
+    // Only questions with entries go through θ + C_φ, ψ and G_ω.
+    let with: Vec<usize> = (0..questions.len())
+        .filter(|&i| !entries[i].is_empty())
+        .collect();
+    if !with.is_empty() {
+        let t0 = Instant::now();
+        let ids: Vec<Vec<u32>> = with
+            .iter()
+            .map(|&i| model.question_ids(&questions[i]))
+            .collect::<Result<_>>()?;
+        let qx = model.encode_questions(&ids)?;
+        tm.encode_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let tau = model.params().tau(model.cfg());
+        let r = model.cfg().r();
+        let sel: Vec<TopK> = with
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| selection_of(bank, &qx.keys[j * r..(j + 1) * r], &entries[i], tau))
+            .collect::<Result<_>>()?;
+        let fetched = fetch_selected(bank, &sel)?;
+        tm.search_s = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        let selected: Vec<Vec<&[f32]>> = fetched
+            .iter()
+            .map(|row| row.iter().map(|(m, _, _)| m.as_slice()).collect())
+            .collect();
+        let a_prime = model.refine(&qx.memories, &sel, &selected)?;
+        let ps = model.prefixes(&a_prime)?;
+        tm.prefix_s = t2.elapsed().as_secs_f64();
+        for ((&i, p), u) in with.iter().zip(ps).zip(used_memories(&sel, &fetched)) {
+            prefixes[i] = Some(p);
+            used[i] = u;
+        }
+    }
+    let t3 = Instant::now();
+    let answers = model.base.answer(
+        &prompts,
+        (!with.is_empty()).then_some(prefixes.as_slice()),
+        opts.max_new_tokens,
+    )?;
+    tm.generate_s = t3.elapsed().as_secs_f64();
+    Ok(questions
+        .iter()
+        .zip(answers)
+        .zip(used)
+        .zip(prefixes)
+        .map(|(((q, answer), memories), p)| Answer {
+            question: q.clone(),
+            answer,
+            with_memory: p.is_some(),
             memories,
             timings: tm,
         })

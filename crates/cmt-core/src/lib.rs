@@ -22,6 +22,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod ingest;
 mod init;
 pub mod metrics;
