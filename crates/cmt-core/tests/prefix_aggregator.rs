@@ -143,7 +143,10 @@ fn prefix_ref(
 }
 
 fn check(got: &[f32], want: &[f64], what: &str) {
-    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-3);
+    // The scale floor: a tensor whose true gradient is exactly 0 (one key/value row makes
+    // the softmax constant, so dL/dWq = 0) still gets f32 round-off of cancelling terms of
+    // size ~1; 1e-2 puts that floor at 2e-6, far below the gradients checked elsewhere.
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-2);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let tol = 2e-4 * scale + 2e-3 * w.abs();
         assert!(
