@@ -173,6 +173,9 @@ fn eval_json_out_plot_with_distractors() {
         serde_json::json!(["every March", "March"])
     );
     assert_eq!(lines[0]["memories"].as_array().unwrap().len(), 3);
+    // The retention sample (3 questions) at each of the 3 points.
+    let ret = std::fs::read_to_string(out_dir.join("retention.jsonl")).unwrap();
+    assert_eq!(ret.lines().count(), 9);
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
             .unwrap();

@@ -30,8 +30,9 @@ pub struct EvalArgs {
     /// $CMT_CHECKPOINT). The baselines run without one.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Question template of the baselines without a checkpoint: plain or chat (default:
-    /// the model's chat template when it has one). The cmt methods use their checkpoint's.
+    /// Question template of the baselines: plain or chat (default: the checkpoint's when
+    /// --checkpoint is given, else chat when the model has a chat template). The cmt
+    /// methods always use their checkpoint's.
     #[arg(long)]
     template: Option<String>,
     /// Keep the first N documents and only their questions.
@@ -60,7 +61,8 @@ pub struct EvalArgs {
     /// Print the summary as one JSON object instead of the table.
     #[arg(long)]
     json: bool,
-    /// Also write predictions.jsonl and summary.json into DIR.
+    /// Also write predictions.jsonl (every question), retention.jsonl (the retention
+    /// sample at every point) and summary.json into DIR.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Draw the retention curve (and recall vs bank size) into this PNG.
@@ -183,7 +185,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let out = eval::evaluate(&engine, &data, &distractors, &opts, |p| bar_for(&bar, p))?;
     bar.finish_and_clear();
     if let Some(dir) = &a.out {
-        eval::write_outputs(dir, &out.summary, &out.predictions)?;
+        eval::write_outputs(dir, &out)?;
     }
     if let Some(path) = &a.plot {
         eval::plot_png(&out.summary, path)?;

@@ -247,7 +247,49 @@ fn every_method_end_to_end_with_distractors() {
         // The predictions file: one line per question with its id, prediction, gold answers
         // and memories.
         let dir = out_root.join(what);
-        eval::write_outputs(&dir, sum, &out.predictions).unwrap();
+        eval::write_outputs(&dir, &out).unwrap();
+        // Retention passes: the sample at every point, retrieving only from what had been
+        // streamed by then.
+        let order: Vec<String> = data
+            .documents
+            .iter()
+            .chain(&distr)
+            .map(|d| d.id.clone())
+            .collect();
+        let pos = |id: &str| order.iter().position(|x| x == id).unwrap();
+        if method.streams() {
+            let docs: Vec<usize> = out.retention.iter().map(|p| p.docs).collect();
+            assert_eq!(docs, [3, 6, 9], "{what}");
+            for pass in &out.retention {
+                let ids: Vec<&str> = pass.predictions.iter().map(|p| p.id.as_str()).collect();
+                assert_eq!(ids, ["q0", "q1", "q2", "q3", "q5", "q6"], "{what}");
+                for p in &pass.predictions {
+                    let seen = p
+                        .documents
+                        .iter()
+                        .map(|d| d.id.as_str())
+                        .chain(p.memories.iter().map(|m| m.id.as_str()))
+                        .chain(p.context_doc.as_deref());
+                    for id in seen {
+                        assert!(pos(id) < pass.docs, "{what}: {id} at {}", pass.docs);
+                    }
+                }
+            }
+        } else {
+            assert!(out.retention.is_empty(), "{what}");
+        }
+        let lines = std::fs::read_to_string(dir.join("retention.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = lines
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), if method.streams() { 18 } else { 0 }, "{what}");
+        if let Some(l) = lines.first() {
+            assert_eq!(
+                (l["docs"].as_u64(), l["id"].as_str()),
+                (Some(3), Some("q0"))
+            );
+        }
         let text = std::fs::read_to_string(dir.join("predictions.jsonl")).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()

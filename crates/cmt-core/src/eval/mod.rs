@@ -285,6 +285,18 @@ pub struct EvalOutput {
     pub summary: EvalSummary,
     /// Every question's prediction (final pass), in dataset order.
     pub predictions: Vec<Prediction>,
+    /// The retention sample's predictions at each retention point (the last one taken
+    /// from the final pass); empty for closed-book and oracle.
+    pub retention: Vec<RetentionPass>,
+}
+
+/// The retention sample as answered at one point of the stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetentionPass {
+    /// Documents streamed when it was answered.
+    pub docs: usize,
+    /// The sample's predictions, in dataset order.
+    pub predictions: Vec<Prediction>,
 }
 
 /// The stream: the dataset's documents then the distractors; ids must be unique across it.

@@ -1,6 +1,6 @@
 //! The figures of a run ([`EvalSummary`]): scores, recall, retention, cost and speed; the
 //! human table, the JSON summary and the predictions file.
-use super::{Method, Prediction};
+use super::{EvalOutput, Method, Prediction};
 use crate::error::{Error, Result};
 use crate::metrics::{AnswerScore, Scores};
 use serde::Serialize;
@@ -216,21 +216,43 @@ impl EvalSummary {
     }
 }
 
-/// Writes `predictions.jsonl` (one [`Prediction`] per line) and `summary.json` into `dir`
-/// (created if missing).
-pub fn write_outputs(dir: &Path, summary: &EvalSummary, predictions: &[Prediction]) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let path = dir.join("predictions.jsonl");
-    let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+/// One line of `retention.jsonl`: a retention-sample prediction and its stream point.
+#[derive(Serialize)]
+struct RetentionLine<'a> {
+    docs: usize,
+    #[serde(flatten)]
+    prediction: &'a Prediction,
+}
+
+fn write_jsonl<T: Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut w = std::io::BufWriter::new(file);
-    for p in predictions {
-        let line = serde_json::to_string(p)
+    for row in rows {
+        let line = serde_json::to_string(&row)
             .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-        writeln!(w, "{line}").map_err(|e| Error::io(&path, e))?;
+        writeln!(w, "{line}").map_err(|e| Error::io(path, e))?;
     }
-    w.flush().map_err(|e| Error::io(&path, e))?;
+    w.flush().map_err(|e| Error::io(path, e))
+}
+
+/// Writes into `dir` (created if missing): `predictions.jsonl` (one [`Prediction`] per
+/// question of the final pass), `retention.jsonl` (the retention sample's predictions at
+/// every point, each line with its `docs`; empty for closed-book and oracle) and
+/// `summary.json`.
+pub fn write_outputs(dir: &Path, out: &EvalOutput) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    write_jsonl(&dir.join("predictions.jsonl"), &out.predictions)?;
+    write_jsonl(
+        &dir.join("retention.jsonl"),
+        out.retention.iter().flat_map(|pass| {
+            pass.predictions.iter().map(|prediction| RetentionLine {
+                docs: pass.docs,
+                prediction,
+            })
+        }),
+    )?;
     let path = dir.join("summary.json");
-    let text = serde_json::to_string_pretty(summary)
+    let text = serde_json::to_string_pretty(&out.summary)
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
 }

@@ -5,6 +5,7 @@ use super::report::{recall, scores, EvalSummary, RetentionPoint};
 use super::retention::{relative, RetentionPlan};
 use super::{
     stream_of, Bm25Index, Engine, EvalOptions, EvalOutput, EvalProgress, Method, Pass, Prediction,
+    RetentionPass,
 };
 use crate::bank;
 use crate::data::{Dataset, Document, Question};
@@ -262,6 +263,10 @@ pub fn evaluate(
     Ok(EvalOutput {
         summary,
         predictions: final_preds,
+        retention: curve
+            .into_iter()
+            .map(|(docs, predictions)| RetentionPass { docs, predictions })
+            .collect(),
     })
 }
 
