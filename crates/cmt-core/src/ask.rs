@@ -92,14 +92,19 @@ fn dense(
 ) -> Result<Vec<TopK>> {
     let r = bank.keys().r();
     let metas: Vec<_> = bank.live_metas()?.into_iter().filter(|m| keep(m)).collect();
+    // Every kept entry is read (and its memory checksum checked) once, for all questions.
     let mut keys = Vec::with_capacity(metas.len());
+    let mut mems = Vec::with_capacity(metas.len());
     for m in &metas {
         let e = bank
             .get(m.id)?
             .ok_or_else(|| Error::Invalid(format!("entry {} vanished", m.id)))?;
         keys.push(e.key.to_vec());
+        mems.push(e.memory.to_f32_vec());
     }
-    q.chunks_exact(r)
+    let s = bank.stats();
+    let len = s.t * s.d;
+    Ok(q.chunks_exact(r)
         .map(|qk| {
             let scores: Vec<f32> = keys
                 .iter()
@@ -111,23 +116,25 @@ fn dense(
             let e: Vec<f64> = scores.iter().map(|&s| (s as f64 - m).exp()).collect();
             let z: f64 = e.iter().sum();
             let weights: Vec<f32> = e.iter().map(|x| (x / z) as f32).collect();
-            let len = bank.stats().t * bank.stats().d;
             let mut agg = vec![0.0f32; len];
-            for (meta, &w) in metas.iter().zip(&weights) {
-                let e = bank
-                    .get(meta.id)?
-                    .ok_or_else(|| Error::Invalid(format!("entry {} vanished", meta.id)))?;
-                for (i, a) in agg.iter_mut().enumerate() {
-                    *a += w * e.memory.get(i);
-                }
+            for (mem, &w) in mems.iter().zip(&weights) {
+                agg.iter_mut().zip(mem).for_each(|(a, &m)| *a += w * m);
             }
-            Ok(TopK {
+            TopK {
                 ids: metas.iter().map(|m| m.id).collect(),
                 scores,
                 weights,
                 aggregate: agg,
-            })
+            }
         })
+        .collect())
+}
+
+/// The prompt ids of `questions` (the template without a context: memory comes as a prefix).
+fn closed_prompts(model: &CmtModel, questions: &[String]) -> Result<Vec<Vec<u32>>> {
+    questions
+        .iter()
+        .map(|q| model.prompt_ids(q, None))
         .collect()
 }
 
@@ -160,10 +167,7 @@ fn ask_batch(
         batch: questions.len(),
         ..Default::default()
     };
-    let prompts: Vec<Vec<u32>> = questions
-        .iter()
-        .map(|q| model.prompt_ids(q, None))
-        .collect::<Result<_>>()?;
+    let prompts = closed_prompts(model, questions)?;
     let (since, until) = (opts.since.unwrap_or(0), opts.until.unwrap_or(u64::MAX));
     let keep = move |m: &cmt_memory::EntryMeta| m.timestamp >= since && m.timestamp <= until;
     let windowed = opts.since.is_some() || opts.until.is_some();
@@ -386,10 +390,7 @@ fn ask_with_entries_batch(
         batch: questions.len(),
         ..Default::default()
     };
-    let prompts: Vec<Vec<u32>> = questions
-        .iter()
-        .map(|q| model.prompt_ids(q, None))
-        .collect::<Result<_>>()?;
+    let prompts = closed_prompts(model, questions)?;
     let mut prefixes: Vec<Option<KvPrefix>> = vec![None; questions.len()];
     let mut used: Vec<Vec<UsedMemory>> = vec![vec![]; questions.len()];
     // Only questions with entries go through θ + C_φ, ψ and G_ω.

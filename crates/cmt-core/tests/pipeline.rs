@@ -358,3 +358,33 @@ fn checkpoint_round_trips_in_bf16_and_f32() {
         }
     }
 }
+
+#[test]
+fn without_topk_every_entry_is_aggregated_with_the_scores_of_the_scan() {
+    let s = setup();
+    let base = BaseLm::load(&s.model).unwrap();
+    let mut cfg = common::tiny_cmt_config(16);
+    cfg.topk = false;
+    let dense_ckpt = s.root.join("dense.safetensors");
+    cmt_core::init_checkpoint(&base, &cfg, "plain", 1, "test", &dense_ckpt).unwrap();
+    let dense = Cmt::open(&s.model, &dense_ckpt).unwrap();
+    let mut bank = dense.open_bank_writer(&s.root.join("b")).unwrap();
+    dense
+        .ingest(&mut bank, &docs(), &IngestOptions::default(), |_| {})
+        .unwrap();
+    let got = dense.ask(Some(&bank), &questions(), &opts()).unwrap();
+    for (q, a) in got.iter().enumerate() {
+        assert_eq!(a.memories.len(), 6);
+        let wsum: f32 = a.memories.iter().map(|m| m.weight).sum();
+        assert!((wsum - 1.0).abs() < 1e-5, "{wsum}");
+        // Weights are the softmax of the scores.
+        let mx = a.memories.iter().map(|m| m.score).fold(f32::MIN, f32::max);
+        let z: f32 = a.memories.iter().map(|m| (m.score - mx).exp()).sum();
+        for m in &a.memories {
+            assert!(
+                (m.weight - (m.score - mx).exp() / z).abs() < 1e-5,
+                "question {q}"
+            );
+        }
+    }
+}
