@@ -20,6 +20,16 @@ pub enum CheckpointCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rewrite a checkpoint in bf16 (for shipping: half the bytes) or f32.
+    Export {
+        /// The checkpoint to read.
+        input: PathBuf,
+        /// Where to write the copy.
+        out: PathBuf,
+        /// bf16 or f32.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+    },
 }
 
 #[derive(Args)]
@@ -35,53 +45,83 @@ pub struct InitArgs {
     template: Option<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    arch: ArchArgs,
+}
+
+/// The architecture of a new checkpoint.
+#[derive(Args, Clone, Debug)]
+pub struct ArchArgs {
     /// Memory tokens per document (T; also the prefix length p).
     #[arg(long, default_value_t = 16)]
-    mem_tokens: usize,
+    pub mem_tokens: usize,
     /// Memories aggregated per question (1..=64).
-    #[arg(long, default_value_t = 4)]
-    k: usize,
+    #[arg(long = "topk", visible_alias = "k", default_value_t = 4)]
+    pub k: usize,
     /// Matching-key width r.
     #[arg(long, default_value_t = 128)]
-    key_dim: usize,
+    pub key_dim: usize,
     /// Rank of the prefix generator's per-layer projections.
     #[arg(long, default_value_t = 64)]
-    prefix_rank: usize,
+    pub prefix_rank: usize,
     /// Aggregate every memory of the bank instead of the top k (ablation).
     #[arg(long)]
-    no_topk: bool,
+    pub no_topk: bool,
     /// Use A′ = A (no aggregator ψ; ablation).
     #[arg(long)]
-    no_aggregator: bool,
-    /// θ's hidden states the compressor reads: `final` (final norm) or a layer count.
+    pub no_aggregator: bool,
+    /// θ's hidden states the compressor reads: `final` (final norm) or a layer count (the
+    /// residual stream after that many layers).
     #[arg(long, default_value = "final")]
-    encode_layer: String,
+    pub encode_layer: String,
+}
+
+impl ArchArgs {
+    /// The configuration for a model of hidden size `hidden`.
+    pub fn config(&self, hidden: usize) -> Result<CmtConfig> {
+        let mut cfg = CmtConfig::for_hidden(hidden);
+        cfg.compressor.mem_tokens = self.mem_tokens;
+        cfg.compressor.key_dim = self.key_dim;
+        cfg.k = self.k;
+        cfg.prefix_rank = self.prefix_rank;
+        cfg.topk = !self.no_topk;
+        cfg.aggregator = !self.no_aggregator;
+        cfg.encode_layer = match self.encode_layer.as_str() {
+            "final" => EncodeLayer::FinalNorm,
+            n => EncodeLayer::Residual(n.parse().with_context(|| {
+                format!("--encode-layer {n}: expected `final` or a layer count")
+            })?),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
 
 pub fn run(cmd: CheckpointCmd) -> Result<()> {
     match cmd {
         CheckpointCmd::Init(a) => init(a),
         CheckpointCmd::Show { file, json } => show(file, json),
+        CheckpointCmd::Export { input, out, dtype } => export(&input, &out, &dtype),
     }
+}
+
+fn export(input: &std::path::Path, out: &std::path::Path, dtype: &str) -> Result<()> {
+    let mut ck = checkpoint::load(input)?;
+    ck.meta.dtype = match dtype {
+        "bf16" => checkpoint::CkptDtype::Bf16,
+        "f32" => checkpoint::CkptDtype::F32,
+        d => anyhow::bail!("--dtype {d}: expected bf16 or f32"),
+    };
+    checkpoint::save(out, &ck.meta, &ck.params)?;
+    let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    eprintln!("wrote {} ({dtype}, {bytes} bytes)", out.display());
+    Ok(())
 }
 
 fn init(a: InitArgs) -> Result<()> {
     let path = model_arg::resolve(a.model)?;
     let base = BaseLm::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    let mut cfg = CmtConfig::for_hidden(base.dims().hidden);
-    cfg.compressor.mem_tokens = a.mem_tokens;
-    cfg.compressor.key_dim = a.key_dim;
-    cfg.k = a.k;
-    cfg.prefix_rank = a.prefix_rank;
-    cfg.topk = !a.no_topk;
-    cfg.aggregator = !a.no_aggregator;
-    cfg.encode_layer =
-        match a.encode_layer.as_str() {
-            "final" => EncodeLayer::FinalNorm,
-            n => EncodeLayer::Residual(n.parse().with_context(|| {
-                format!("--encode-layer {n}: expected `final` or a layer count")
-            })?),
-        };
+    let cfg = a.arch.config(base.dims().hidden)?;
     let template = match a.template {
         Some(t) => t,
         None => cmt_core::default_template(&path)?.to_string(),

@@ -8,6 +8,7 @@ mod eval;
 mod generate;
 mod ingest;
 mod model_arg;
+mod train;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -57,6 +58,9 @@ enum Command {
     /// Run the online adaptation protocol (stream documents, answer every question) for
     /// CMT or a baseline, and report EM, F1, recall, retention and throughput.
     Eval(Box<eval::EvalArgs>),
+    /// Train the compressor, aggregator and prefix generator on a QA set (the memory-aware
+    /// objective; θ stays frozen), with exact-resume checkpoints and a JSONL log.
+    Train(Box<train::TrainArgs>),
     /// Inspect, verify, delete from or compact a memory bank.
     #[command(subcommand)]
     Bank(bank::BankCmd),
@@ -103,6 +107,10 @@ pub fn run() -> Result<()> {
         Command::Eval(a) => {
             device::model_backend(cli.device)?;
             eval::run(*a)
+        }
+        Command::Train(a) => {
+            device::model_backend(cli.device)?;
+            train::run(*a)
         }
         Command::Bank(c) => bank::run(c),
         Command::Checkpoint(c) => checkpoint::run(c),

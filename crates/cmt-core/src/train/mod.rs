@@ -1,4 +1,9 @@
 //! Training of the trainable parts (DESIGN §1.8). θ stays frozen: gradients stop at its
 //! inputs (the key/value prefix).
-pub mod chain;
+pub mod data;
+pub mod objective;
 pub mod optim;
+pub mod run;
+pub mod state;
+
+pub use run::{train, DevLog, Ended, RunOptions, StepLog, TermsConf, TrainEvent, Trajectory};

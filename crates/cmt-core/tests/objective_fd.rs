@@ -1,22 +1,25 @@
-//! The whole QA chain's gradient — answer loss → prefix → G_ω → ψ → (w, A) → scores →
-//! (k_x, k_d) → C_φ — against central differences of the loss, for every trainable
-//! tensor, on a tiny random model and a tiny training bank with a queue (straight-through:
-//! the test checks that the selection is the same at both ends of every difference).
+//! The whole objective's gradient — L_qa (answer loss → prefix → G_ω → ψ → (w, A) → scores
+//! → (k_x, k_d) → C_φ), L_rec (document tokens → G_ω(M_d) → C_φ) and L_match (InfoNCE over
+//! the training bank with a queue) — against central differences of the loss, for every
+//! trainable tensor, on a tiny random model (straight-through: the test checks that the
+//! selection is the same at both ends of every difference).
 mod common;
 use cmt_compress::encode::{EncodeOptions, Encoder, Progress};
 use cmt_core::params::{BaseDims, CmtParams};
-use cmt_core::train::chain::{qa_loss, QaBatch, Queue};
+use cmt_core::train::objective::{loss, Queue, Terms, TrainBatch};
 use common::Rng;
 
 #[test]
-fn qa_chain_gradient_matches_finite_differences_for_every_tensor() {
+fn objective_gradient_matches_finite_differences_for_every_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let path = common::write_tiny_model(dir.path(), 16, 3);
     let (theta, _) = cmt_runtime::load_model(&path, cmt_runtime::CpuBackend).unwrap();
     let base = BaseDims::of(&theta.cfg);
-    for aggregator in [true, false] {
+    // (ψ on, top-k on), (ψ off), (top-k off: the whole training bank aggregated).
+    for (aggregator, topk) in [(true, true), (false, true), (true, false)] {
         let mut cfg = common::tiny_cmt_config(16);
         cfg.aggregator = aggregator;
+        cfg.topk = topk;
         let mut params = CmtParams::init(&cfg, &base, 11).unwrap();
         let mut rng = Rng(5);
         for (name, t) in params.tensors_mut() {
@@ -61,20 +64,35 @@ fn qa_chain_gradient_matches_finite_differences_for_every_tensor() {
             })
             .collect();
         let qmems = rng.vec(2 * td, 1.0);
-        let batch = QaBatch {
+        let rec: Vec<(Vec<u32>, Vec<i32>)> = docs
+            .iter()
+            .map(|d| (d.clone(), d.iter().map(|&t| t as i32).collect()))
+            .collect();
+        let gold = [1usize, 3];
+        let batch = TrainBatch {
             docs: hd.doc_batch(),
             questions: hq.doc_batch(),
-            seqs: &seqs,
+            qa: &seqs,
+            gold: &gold,
+            rec: &rec,
             queue: Some(Queue {
                 keys: &qkeys,
                 memories: &qmems,
             }),
         };
         let mut grads = CmtParams::zeros(&cfg, &base);
-        let out = qa_loss(&theta, &cfg, &params, &batch, Some(&mut grads)).unwrap();
-        assert!(out.loss.is_finite());
+        let terms = Terms {
+            qa: true,
+            lambda_rec: 0.7,
+            lambda_match: 0.5,
+        };
+        let out = loss(&theta, &cfg, &params, &batch, &terms, Some(&mut grads)).unwrap();
+        assert!(out.total.is_finite() && out.qa > 0.0 && out.rec > 0.0 && out.matching > 0.0);
+        let want = out.qa + 0.7f32 as f64 * out.rec + 0.5 * out.matching;
+        assert!((out.total - want).abs() < 1e-9, "{} vs {want}", out.total);
         let chosen: Vec<Vec<u64>> = out.selections.iter().map(|s| s.ids.clone()).collect();
-        assert!(chosen.iter().all(|c| c.len() == cfg.k));
+        let k = if topk { cfg.k } else { 6 };
+        assert!(chosen.iter().all(|c| c.len() == k), "{chosen:?}");
 
         let names: Vec<String> = params.tensors().into_iter().map(|(n, _)| n).collect();
         let gvals: Vec<Vec<f32>> = grads
@@ -103,10 +121,10 @@ fn qa_chain_gradient_matches_finite_differences_for_every_tensor() {
                 let mut p = params.clone();
                 let (_, t) = p.tensors_mut().into_iter().nth(ti).unwrap();
                 t.iter_mut().zip(&v).for_each(|(x, d)| *x += sign * eps * d);
-                let o = qa_loss(&theta, &cfg, &p, &batch, None).unwrap();
+                let o = loss(&theta, &cfg, &p, &batch, &terms, None).unwrap();
                 let ids: Vec<Vec<u64>> = o.selections.iter().map(|s| s.ids.clone()).collect();
                 assert_eq!(ids, chosen, "{name}: the selection moved within ±eps");
-                o.loss
+                o.total
             };
             let numeric = (at(1.0) - at(-1.0)) / (2.0 * eps as f64);
             // Directional derivatives here are 1e-4..1e-1. The f32 loss (~5.5) carries
@@ -114,7 +132,7 @@ fn qa_chain_gradient_matches_finite_differences_for_every_tensor() {
             let tol = 1.5e-4 + 2e-2 * numeric.abs();
             assert!(
                 (numeric - analytic).abs() <= tol,
-                "aggregator={aggregator} {name}: analytic {analytic:.6e}, numeric {numeric:.6e}"
+                "aggregator={aggregator} topk={topk} {name}: analytic {analytic:.6e}, numeric {numeric:.6e}"
             );
             checked += 1;
         }
