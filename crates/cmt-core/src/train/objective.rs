@@ -89,10 +89,6 @@ pub struct LossOut {
     pub selections: Vec<TopK>,
     /// Tokens θ ran forward (and backward, with gradients) for this batch.
     pub theta_tokens: usize,
-    /// The batch documents' keys `[docs, r]` (for the next steps' queue).
-    pub doc_keys: Vec<f32>,
-    /// The batch documents' memories `[docs, T, D]`.
-    pub doc_memories: Vec<f32>,
 }
 
 struct Mems<'a> {
@@ -206,8 +202,6 @@ pub fn loss(
         recall,
         selections: Vec::new(),
         theta_tokens: 0,
-        doc_keys: Vec::new(),
-        doc_memories: Vec::new(),
     };
     let pdims = prefix_dims(cfg, &base);
 
@@ -348,8 +342,6 @@ pub fn loss(
     out.total =
         out.qa + terms.lambda_rec as f64 * out.rec + terms.lambda_match as f64 * out.matching;
     out.selections = sel;
-    out.doc_keys.clone_from(&cd.keys);
-    out.doc_memories.clone_from(&cd.memories);
     let Some(g) = grads else {
         return Ok(out);
     };

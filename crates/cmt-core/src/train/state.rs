@@ -1,6 +1,6 @@
 //! What a training run needs to resume exactly, beside its checkpoint: the step, AdamW's
-//! moments, the queue of recent memories and the run's trajectory settings, in
-//! `<checkpoint>.state` (safetensors, f32, so that nothing is rounded). Both files carry
+//! moments, the queue of recent documents and the run's trajectory settings, in
+//! `<checkpoint>.state` (safetensors, f32 moments, so that nothing is rounded). Both files carry
 //! the step; a pair that disagrees (a crash between the two writes) is refused.
 use super::optim::AdamW;
 use super::run::{StepLog, Trajectory};
@@ -15,25 +15,14 @@ use std::path::{Path, PathBuf};
 /// The `format` of a state file.
 pub const STATE_FORMAT: &str = "cmt-train-state";
 
-/// One memory of the queue (a constant distractor for later steps).
-#[derive(Clone, Debug, PartialEq)]
-pub struct QueueEntry {
-    /// Index of its training document.
-    pub doc: usize,
-    /// `[r]`.
-    pub key: Vec<f32>,
-    /// `[T, D]`.
-    pub memory: Vec<f32>,
-}
-
 /// The resumable state.
 pub struct TrainState {
     /// Optimizer steps done.
     pub step: u64,
     /// AdamW with its moments.
     pub optim: AdamW,
-    /// Recent memories, oldest first.
-    pub queue: VecDeque<QueueEntry>,
+    /// Recent documents (the queue's distractors), oldest first.
+    pub queue: VecDeque<usize>,
     /// The run's settings.
     pub trajectory: Trajectory,
     /// Training documents the run was started on.
@@ -87,39 +76,12 @@ pub fn save(
             f32_bytes(&st.optim.v[i]),
         ));
     }
-    let nq = st.queue.len();
-    let (r, td) = st
-        .queue
-        .front()
-        .map_or((0, 0), |e| (e.key.len(), e.memory.len()));
-    let keys: Vec<f32> = st
-        .queue
-        .iter()
-        .flat_map(|e| e.key.iter().copied())
-        .collect();
-    let mems: Vec<f32> = st
-        .queue
-        .iter()
-        .flat_map(|e| e.memory.iter().copied())
-        .collect();
     let docs: Vec<u8> = st
         .queue
         .iter()
-        .flat_map(|e| (e.doc as u64).to_le_bytes())
+        .flat_map(|&d| (d as u64).to_le_bytes())
         .collect();
-    bytes.push((
-        "queue.keys".into(),
-        vec![nq, r],
-        Dtype::F32,
-        f32_bytes(&keys),
-    ));
-    bytes.push((
-        "queue.memories".into(),
-        vec![nq, td],
-        Dtype::F32,
-        f32_bytes(&mems),
-    ));
-    bytes.push(("queue.docs".into(), vec![nq], Dtype::U64, docs));
+    bytes.push(("queue.docs".into(), vec![st.queue.len()], Dtype::U64, docs));
     let path = state_path(out);
     let views = bytes
         .iter()
@@ -223,29 +185,16 @@ pub fn load(out: &Path, model: &CmtModel, names: &[String]) -> Result<(CmtParams
         optim.m[i] = f32s(&format!("m.{n}"), Some(lens[i]))?;
         optim.v[i] = f32s(&format!("v.{n}"), Some(lens[i]))?;
     }
-    let keys = f32s("queue.keys", None)?;
-    let mems = f32s("queue.memories", None)?;
     let dt = st
         .tensor("queue.docs")
         .map_err(|_| bad("no tensor queue.docs".into()))?;
-    let qdocs: Vec<usize> = dt
+    if dt.dtype() != Dtype::U64 {
+        return Err(bad("tensor queue.docs: wrong dtype".into()));
+    }
+    let queue = dt
         .data()
         .chunks_exact(8)
         .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
-        .collect();
-    let c = model.cfg();
-    let (r, td) = (c.r(), c.t() * c.compressor.d);
-    if keys.len() != qdocs.len() * r || mems.len() != qdocs.len() * td {
-        return Err(bad("the queue's tensors disagree in length".into()));
-    }
-    let queue = qdocs
-        .iter()
-        .enumerate()
-        .map(|(i, &doc)| QueueEntry {
-            doc,
-            key: keys[i * r..(i + 1) * r].to_vec(),
-            memory: mems[i * td..(i + 1) * td].to_vec(),
-        })
         .collect();
     Ok((
         ckpt.params,
