@@ -205,6 +205,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // A hidden bar (stderr not a terminal) drops `println`: say it on stderr then.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     let mut write_err: Option<std::io::Error> = None;
     let mut record = |v: serde_json::Value| {
         if write_err.is_none() {
@@ -222,7 +230,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         &interrupt,
         |ev| match ev {
             TrainEvent::Prepared(p) => {
-                bar.println(format!(
+                say(format!(
                     "training on {} documents, {} questions ({} documents without questions, {} cut to one chunk)",
                     p.docs, p.questions, p.docs_without_questions, p.docs_cut
                 ));
@@ -230,7 +238,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             TrainEvent::Resumed(s) => {
                 bar.set_position(s);
                 bar.reset_eta();
-                bar.println(format!("resumed at step {s}"));
+                say(format!("resumed at step {s}"));
             }
             TrainEvent::Step(s) => {
                 bar.set_position(s.step);
@@ -247,7 +255,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 record(serde_json::json!({ "kind": "step", "step": s }));
             }
             TrainEvent::Dev(d) => {
-                bar.println(format!(
+                say(format!(
                     "step {}: dev ({} questions) F1 {:.2} EM {:.2} recall@k {:.3}; shuffled F1 {:.2}  ({:.0} s)",
                     d.step,
                     d.questions,

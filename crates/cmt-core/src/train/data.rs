@@ -167,12 +167,11 @@ impl Schedule {
         let n = docs.len();
         let b = self.batch_docs.min(n);
         let mut picked = Vec::with_capacity(b);
-        let mut g = m * b as u64;
         let mut order: Option<(u64, Vec<usize>)> = None;
         // Consecutive slots of the epoch permutations; a document that is already in the
         // batch (a batch straddling two epochs) is skipped, so the batch may come out short
         // by the duplicates.
-        for _ in 0..b {
+        for g in m * b as u64..(m + 1) * b as u64 {
             let epoch = g / n as u64;
             if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
                 order = Some((epoch, epoch_order(n, self.seed, epoch)));
@@ -183,7 +182,6 @@ impl Schedule {
             if !picked.contains(&d) {
                 picked.push(d);
             }
-            g += 1;
         }
         let questions = picked
             .iter()

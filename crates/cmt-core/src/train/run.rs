@@ -352,13 +352,13 @@ pub fn train(
         let step = st.step;
         let done = step == traj.steps;
         if let Some(dev) = &dev {
-            if run.eval_every > 0 && (step % run.eval_every == 0 || done) {
+            if run.eval_every > 0 && (step.is_multiple_of(run.eval_every) || done) {
                 let d = dev_eval(model, dev, step)?;
                 on_event(TrainEvent::Dev(&d));
             }
         }
         let stop = interrupt.load(Ordering::SeqCst) || run.stop_at == Some(step);
-        if done || stop || (run.save_every > 0 && step % run.save_every == 0) {
+        if done || stop || (run.save_every > 0 && step.is_multiple_of(run.save_every)) {
             state::save(&run.out, model, &st, &names, &run.command, &log)?;
             on_event(TrainEvent::Saved(step));
         }

@@ -1,0 +1,169 @@
+//! `cmt train`, `cmt checkpoint export` and `cmt demo` on a tiny random model: a run
+//! stopped with `--stop-at` and continued with `--resume` writes the same parameters as a
+//! straight run, the JSONL log has a line per step, a resume with other settings is
+//! refused, the bf16 export loads, and the demo prints its side-by-side answers and the
+//! summary line.
+#[path = "../crates/cmt-core/tests/common/mod.rs"]
+mod common;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cmt() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cmt"));
+    c.args(["--threads", "1"]);
+    c
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn write_squad(path: &Path) {
+    let v = serde_json::json!({"version": "1.1", "data": [
+        {"title": "Quillby", "paragraphs": [
+            {"context": "The Zorblat festival of Quillby is held every March.", "qas": [
+                {"id": "a1", "question": "When is the Zorblat festival?",
+                 "answers": [{"text": "every March", "answer_start": 40}]},
+                {"id": "a2", "question": "Where is the Zorblat festival?",
+                 "answers": [{"text": "Quillby", "answer_start": 25}]}]},
+            {"context": "The mayor of Quillby is Odessa Flint.", "qas": [
+                {"id": "a3", "question": "Who is the mayor?",
+                 "answers": [{"text": "Odessa Flint", "answer_start": 24}]}]},
+            {"context": "Veltronic launched the Moonfish phone in 2020.", "qas": [
+                {"id": "b1", "question": "What did Veltronic launch?",
+                 "answers": [{"text": "the Moonfish phone", "answer_start": 19}]}]}]}]});
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+fn train_cmd(model: &Path, data: &Path, out: &Path) -> Command {
+    let mut c = cmt();
+    c.args(["train", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(["--mem-tokens", "4", "--key-dim", "16", "--prefix-rank", "4"])
+        .args([
+            "--topk",
+            "2",
+            "--steps",
+            "4",
+            "--batch-docs",
+            "2",
+            "--queue",
+            "2",
+        ])
+        .args(["--eval-every", "0", "--save-every", "0", "--cache", "none"]);
+    c
+}
+
+/// The tensors of a safetensors file (name → bytes), metadata left out.
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn train_resume_export_and_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let model = common::write_tiny_model(root, 16, 4);
+    let data = root.join("squad.json");
+    write_squad(&data);
+
+    let a = root.join("a.safetensors");
+    ok(
+        train_cmd(&model, &data, &a).output().unwrap(),
+        "straight run",
+    );
+    let log = std::fs::read_to_string(root.join("a.safetensors.log.jsonl")).unwrap();
+    let steps = log
+        .lines()
+        .filter(|l| l.contains(r#""kind":"step""#))
+        .count();
+    assert_eq!(steps, 4, "{log}");
+
+    let b = root.join("b.safetensors");
+    let out = train_cmd(&model, &data, &b)
+        .args(["--stop-at", "2"])
+        .output()
+        .unwrap();
+    ok(out, "run stopped at step 2");
+    let out = train_cmd(&model, &data, &b)
+        .arg("--resume")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(out, "resumed run");
+    assert!(err.contains("resumed at step 2"), "{err}");
+    assert_eq!(tensors(&a), tensors(&b), "resumed parameters differ");
+
+    // Other settings on resume are refused, naming the state file.
+    let out = train_cmd(&model, &data, &b)
+        .args(["--resume", "--lr", "0.5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("b.safetensors.state") && err.contains("other settings"),
+        "{err}"
+    );
+
+    // Export to bf16: half the tensor bytes, loadable, same metadata.
+    let c = root.join("c.safetensors");
+    ok(
+        cmt()
+            .args(["checkpoint", "export"])
+            .arg(&a)
+            .arg(&c)
+            .output()
+            .unwrap(),
+        "export",
+    );
+    let show = ok(
+        cmt()
+            .args(["checkpoint", "show", "--json"])
+            .arg(&c)
+            .output()
+            .unwrap(),
+        "show",
+    );
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(v["dtype"], "bf16");
+    assert_eq!(v["extra"]["train_step"], 4);
+    let half: usize = tensors(&c).iter().map(|(_, t)| t.len()).sum();
+    let full: usize = tensors(&a).iter().map(|(_, t)| t.len()).sum();
+    assert_eq!(2 * half, full);
+
+    // The demo on the trained tiny checkpoint: 24 bundled questions, each answered twice.
+    let out = cmt()
+        .args(["demo", "--model"])
+        .arg(&model)
+        .arg("--checkpoint")
+        .arg(&c)
+        .output()
+        .unwrap();
+    let text = ok(out, "demo");
+    assert_eq!(text.matches("closed-book: ").count(), 24 + 1, "{text}");
+    assert_eq!(text.matches("with memory: ").count(), 24 + 1, "{text}");
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.starts_with("with memory: ") && last.contains("/24 correct, closed-book: "),
+        "{last}"
+    );
+}
