@@ -411,9 +411,24 @@ fn ingest_refuses_a_bank_of_another_checkpoint() {
 }
 
 #[test]
-fn checkpoint_show_without_a_file_says_there_is_no_default_yet() {
-    if cmt_core::default_checkpoint_path().is_some() {
-        eprintln!("SKIPPED: a default checkpoint exists");
+fn checkpoint_show_without_a_file_shows_the_default_or_says_there_is_none() {
+    if let Some(path) = cmt_core::default_checkpoint_path() {
+        // The committed default checkpoint: trained, shipped in bf16, for the default model.
+        let out = cmt()
+            .args(["checkpoint", "show", "--json"])
+            .env_remove("CMT_CHECKPOINT")
+            .output()
+            .unwrap();
+        let text = ok(out, "checkpoint show");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["file"], path.display().to_string());
+        assert_eq!(v["dtype"], "bf16");
+        assert!(v["extra"]["train_step"].as_u64().unwrap_or(0) > 0, "{v}");
+        assert_eq!(
+            v["base_model"]["sha256"],
+            cmt_runtime::fetch::DEFAULT_SHA256,
+            "the default checkpoint belongs to the default model"
+        );
         return;
     }
     let out = cmt()
