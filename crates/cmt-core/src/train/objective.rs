@@ -206,13 +206,13 @@ pub fn loss(
     let pdims = prefix_dims(cfg, &base);
 
     if terms.lambda_match != 0.0 {
-        let (l, g) = info_nce(&km, &cx.keys, batch.gold, tau, r)?;
+        let (l, g, logits) = info_nce(&km, &cx.keys, batch.gold, tau, r)?;
         out.matching = l;
         if grads.is_some() {
             let lam = terms.lambda_match;
             for q in 0..nq {
                 let kx = &cx.keys[q * r..(q + 1) * r];
-                for (j, &dl) in g[q].iter().enumerate() {
+                for (j, (&dl, &logit)) in g[q].iter().zip(&logits[q]).enumerate() {
                     let dl = lam * dl;
                     let kj = km.key(j);
                     // logit = kx·kj / τ
@@ -224,8 +224,8 @@ pub fn loss(
                             *a += dl * b / tau;
                         }
                     }
-                    let s: f32 = kx.iter().zip(&kj).map(|(a, b)| a * b).sum();
-                    d_tau -= dl * s / (tau * tau);
+                    // logit = s / τ, so d logit / dτ = −s / τ² = −logit / τ.
+                    d_tau -= dl * logit / tau;
                 }
             }
         }
@@ -403,19 +403,23 @@ fn theta_pass(
     ))
 }
 
-/// Mean over questions of −log softmax(k_x·K / τ)[gold], and per question the gradient
-/// with respect to each logit (already divided by the number of questions).
+/// One row of values per question.
+type PerQuestion = Vec<Vec<f32>>;
+
+/// Mean over questions of −log softmax(k_x·K / τ)[gold]; per question the gradient with
+/// respect to each logit (already divided by the number of questions), and the logits.
 fn info_nce(
     km: &KeyMatrix,
     qkeys: &[f32],
     gold: &[usize],
     tau: f32,
     r: usize,
-) -> Result<(f64, Vec<Vec<f32>>)> {
+) -> Result<(f64, PerQuestion, PerQuestion)> {
     let n = km.len();
     let nq = gold.len();
     let mut total = 0.0f64;
     let mut grads = Vec::with_capacity(nq);
+    let mut all = Vec::with_capacity(nq);
     for (q, &g) in gold.iter().enumerate() {
         let kx = &qkeys[q * r..(q + 1) * r];
         let logits: Vec<f32> = (0..n)
@@ -434,6 +438,7 @@ fn info_nce(
             })
             .collect();
         grads.push(gq);
+        all.push(logits);
     }
-    Ok((total / nq.max(1) as f64, grads))
+    Ok((total / nq.max(1) as f64, grads, all))
 }

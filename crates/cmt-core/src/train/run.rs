@@ -53,6 +53,21 @@ pub struct Trajectory {
     pub seed: u64,
 }
 
+impl Trajectory {
+    /// The optimizer's settings of this run.
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.lr,
+            warmup: self.warmup,
+            total: self.steps,
+            min_lr: self.min_lr,
+            clip: self.clip,
+            weight_decay: self.weight_decay,
+            ..AdamWConfig::default()
+        }
+    }
+}
+
 /// [`Terms`] in serialisable form.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TermsConf {
@@ -185,15 +200,7 @@ pub fn train(
         .map(|(_, t)| t.len())
         .collect();
     let decay: Vec<bool> = names.iter().map(|n| takes_decay(n)).collect();
-    let adam = AdamWConfig {
-        lr: traj.lr,
-        warmup: traj.warmup,
-        total: traj.steps,
-        min_lr: traj.min_lr,
-        clip: traj.clip,
-        weight_decay: traj.weight_decay,
-        ..AdamWConfig::default()
-    };
+    let adam = traj.adamw();
     let mut st = TrainState {
         step: 0,
         optim: AdamW::new(adam, &lens),

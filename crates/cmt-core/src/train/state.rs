@@ -170,15 +170,7 @@ pub fn load(out: &Path, model: &CmtModel, names: &[String]) -> Result<(CmtParams
         Ok(v)
     };
     let lens: Vec<usize> = ckpt.params.tensors().iter().map(|(_, t)| t.len()).collect();
-    let adam = super::optim::AdamWConfig {
-        lr: trajectory.lr,
-        warmup: trajectory.warmup,
-        total: trajectory.steps,
-        min_lr: trajectory.min_lr,
-        clip: trajectory.clip,
-        weight_decay: trajectory.weight_decay,
-        ..Default::default()
-    };
+    let adam = trajectory.adamw();
     let mut optim = AdamW::new(adam, &lens);
     optim.step = num("adam_step")?;
     for (i, n) in names.iter().enumerate() {
