@@ -1,27 +1,13 @@
 //! The CLI of the CMT pipeline on a tiny random model: `checkpoint init|show`, `ingest`
 //! (JSONL and SQuAD files, bad records, a real kill -9 mid-ingest), `ask --json`, `bank
 //! stats|verify|delete|compact`.
+mod cli_support;
 #[path = "../crates/cmt-core/tests/common/mod.rs"]
 mod common;
+use cli_support::{cmt, ok};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn cmt() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cmt"));
-    c.args(["--threads", "1"]);
-    c
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use std::process::{Command, Stdio};
 
 struct Env {
     _dir: tempfile::TempDir,

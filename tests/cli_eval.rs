@@ -1,27 +1,12 @@
 //! `cmt eval` on a tiny random model: `--json --out --plot` with distractors for a cmt
 //! method, a baseline without a checkpoint (the table), the JSONL dataset layout, and the
 //! refusals that come before any work.
+mod cli_support;
 #[path = "../crates/cmt-core/tests/common/mod.rs"]
 mod common;
+use cli_support::{cmt, ok};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn cmt() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cmt"));
-    c.args(["--threads", "1"]);
-    c
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 struct Env {
     _dir: tempfile::TempDir,

@@ -3,26 +3,12 @@
 //! straight run, the JSONL log has a line per step, a resume with other settings is
 //! refused, the bf16 export loads, and the demo prints its side-by-side answers and the
 //! summary line.
+mod cli_support;
 #[path = "../crates/cmt-core/tests/common/mod.rs"]
 mod common;
+use cli_support::{cmt, ok};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn cmt() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cmt"));
-    c.args(["--threads", "1"]);
-    c
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use std::process::Command;
 
 fn write_squad(path: &Path) {
     let v = serde_json::json!({"version": "1.1", "data": [
