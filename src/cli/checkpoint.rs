@@ -3,7 +3,7 @@ use super::model_arg;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use cmt_core::checkpoint;
-use cmt_core::config::EncodeLayer;
+use cmt_core::config::{EncodeLayer, PrefixMode};
 use cmt_core::model::BaseLm;
 use cmt_core::params::prefix_dims;
 use cmt_core::CmtConfig;
@@ -64,6 +64,10 @@ pub struct ArchArgs {
     /// Rank of the prefix generator's per-layer projections.
     #[arg(long, default_value_t = 64)]
     pub prefix_rank: usize,
+    /// How memories reach θ: `kv` (low-rank projections to every layer's keys and values)
+    /// or `soft` (p soft input embeddings whose keys and values θ's own layers compute).
+    #[arg(long, default_value = "kv", value_parser = ["kv", "soft"])]
+    pub prefix_mode: String,
     /// Aggregate every memory of the bank instead of the top k (ablation).
     #[arg(long)]
     pub no_topk: bool,
@@ -77,9 +81,13 @@ pub struct ArchArgs {
 }
 
 impl ArchArgs {
-    /// The configuration for a model of hidden size `hidden`.
-    pub fn config(&self, hidden: usize) -> Result<CmtConfig> {
-        let mut cfg = CmtConfig::for_hidden(hidden);
+    /// The configuration for θ (its width, and its embedding scale for soft rows).
+    pub fn config(&self, theta: &cmt_runtime::Model<cmt_runtime::CpuBackend>) -> Result<CmtConfig> {
+        let mut cfg = CmtConfig::for_hidden(theta.cfg.hidden);
+        if self.prefix_mode == "soft" {
+            cfg.prefix_mode = PrefixMode::Soft;
+            cfg.soft_scale = theta.embedding_rms()?;
+        }
         cfg.compressor.mem_tokens = self.mem_tokens;
         cfg.compressor.key_dim = self.key_dim;
         cfg.k = self.k;
@@ -121,7 +129,7 @@ fn export(input: &std::path::Path, out: &std::path::Path, dtype: &str) -> Result
 fn init(a: InitArgs) -> Result<()> {
     let path = model_arg::resolve(a.model)?;
     let base = BaseLm::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    let cfg = a.arch.config(base.dims().hidden)?;
+    let cfg = a.arch.config(&base.model)?;
     let template = match a.template {
         Some(t) => t,
         None => cmt_core::default_template(&path)?.to_string(),

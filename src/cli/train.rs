@@ -123,7 +123,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     } else if let Some(init) = &a.init {
         checkpoint::load(init)?
     } else {
-        let cfg = a.arch.config(base.dims().hidden)?;
+        let cfg = a.arch.config(&base.model)?;
         let template = match &a.template {
             Some(t) => t.clone(),
             None => cmt_core::default_template(&path)?.to_string(),

@@ -25,6 +25,19 @@ impl EncodeLayer {
     }
 }
 
+/// How G_ω injects A′ into θ (DESIGN §1 step 7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefixMode {
+    /// Low-rank per-layer projections straight to every layer's keys and values.
+    #[default]
+    Kv,
+    /// A′ becomes p soft input embeddings; θ's own layers turn them into each layer's keys
+    /// and values (the prefix is θ's cache after those rows), so what θ reads is in its
+    /// own distribution from the first step.
+    Soft,
+}
+
 /// Everything that shapes the trainable parts φ, W_key, ψ, ω and τ.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CmtConfig {
@@ -38,8 +51,14 @@ pub struct CmtConfig {
     pub aggregator: bool,
     /// ψ's cross-attention + MLP blocks (1 or 2).
     pub aggregator_blocks: usize,
-    /// Rank of G_ω's per-layer projections.
+    /// Rank of G_ω's per-layer projections (soft mode: of its one residual projection).
     pub prefix_rank: usize,
+    /// How the prefix is made (absent in checkpoints made before the switch: `kv`).
+    #[serde(default)]
+    pub prefix_mode: PrefixMode,
+    /// Soft mode: the RMS the soft rows start at (θ's embedding RMS, set at initialisation).
+    #[serde(default = "one")]
+    pub soft_scale: f32,
     /// Initial matching temperature τ.
     pub tau_init: f32,
     /// τ is clamped to [tau_min, tau_max].
@@ -56,6 +75,10 @@ pub struct CmtConfig {
     pub max_question_tokens: usize,
 }
 
+fn one() -> f32 {
+    1.0
+}
+
 impl CmtConfig {
     /// The defaults of DESIGN §1 for a model of hidden size `d`: T = 16, k = 4, r = 128,
     /// top-k and ψ on, one ψ block, rank-64 prefix projections, τ = 0.1.
@@ -67,6 +90,8 @@ impl CmtConfig {
             aggregator: true,
             aggregator_blocks: 1,
             prefix_rank: 64,
+            prefix_mode: PrefixMode::Kv,
+            soft_scale: 1.0,
             tau_init: 0.1,
             tau_min: 0.01,
             tau_max: 1.0,
@@ -113,6 +138,12 @@ impl CmtConfig {
             return bad(format!(
                 "aggregator_blocks = {}: ψ has 1 or 2 blocks",
                 self.aggregator_blocks
+            ));
+        }
+        if !(self.soft_scale.is_finite() && self.soft_scale > 0.0) {
+            return bad(format!(
+                "soft_scale = {}: must be positive",
+                self.soft_scale
             ));
         }
         if self.prefix_rank == 0 {

@@ -3,10 +3,11 @@
 //! shares — texts to memories and keys, aggregation over a bank, ψ, G_ω, generation.
 use crate::aggregator::{self, AggInput};
 use crate::checkpoint::{BaseModel, Checkpoint};
-use crate::config::CmtConfig;
+use crate::config::{CmtConfig, PrefixMode};
 use crate::error::{Error, Result};
 use crate::params::{prefix_dims, BaseDims, CmtParams};
 use crate::prefix;
+use crate::soft_prefix;
 use crate::template::Template;
 use cmt_compress::encode::{Chunking, EncodeOptions, Encoder, Progress};
 use cmt_compress::Compressed;
@@ -265,6 +266,12 @@ impl CmtModel {
     /// The per-layer key/value prefixes of refined aggregates A′ (`[n, T, D]`).
     pub fn prefixes(&self, a_prime: &[f32]) -> Result<Vec<KvPrefix>> {
         let dims = prefix_dims(self.cfg(), &self.base.dims());
-        Ok(prefix::forward(&dims, &self.params().prefix, a_prime)?.0)
+        match dims.mode {
+            PrefixMode::Kv => Ok(prefix::forward(&dims, &self.params().prefix, a_prime)?.0),
+            PrefixMode::Soft => {
+                let (rows, _) = soft_prefix::forward(&dims, &self.params().prefix, a_prime)?;
+                Ok(self.base.model.soft_prefixes(&rows, dims.p)?)
+            }
+        }
     }
 }

@@ -42,6 +42,8 @@ pub fn prefix_dims(cfg: &CmtConfig, base: &BaseDims) -> PrefixDims {
         d: base.hidden,
         p: cfg.p(),
         rank: cfg.prefix_rank,
+        mode: cfg.prefix_mode,
+        soft_scale: cfg.soft_scale,
     }
 }
 

@@ -10,13 +10,14 @@
 //! Parameters: `2·L·(R·D + n_kv·h·R + n_kv·h) + D`, e.g. 2.95M for SmolLM2-135M at R = 64
 //! (2.2% of θ). The value projections start at zero, so a fresh G_ω adds prefix slots that
 //! carry nothing (they only take a little attention mass); the key projections start small.
+use crate::config::PrefixMode;
 use crate::error::{Error, Result};
 use crate::init::normal_vec;
 use cmt_compress::linalg::{gemm, rmsnorm, rmsnorm_backward, Mat};
 use cmt_runtime::KvPrefix;
 
 /// The shapes G_ω maps between.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PrefixDims {
     /// θ's layers L, key/value heads and head size.
     pub layers: usize,
@@ -30,6 +31,10 @@ pub struct PrefixDims {
     pub p: usize,
     /// Rank R of the projections.
     pub rank: usize,
+    /// Per-layer keys/values, or soft rows θ reads (then see [`crate::soft_prefix`]).
+    pub mode: PrefixMode,
+    /// Soft mode: the RMS the soft rows start at.
+    pub soft_scale: f32,
 }
 
 impl PrefixDims {
@@ -40,6 +45,14 @@ impl PrefixDims {
     /// (name, shape) of every tensor, in checkpoint order.
     pub fn shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
         let (l, d, r, kvd) = (self.layers, self.d, self.rank, self.kv_dim());
+        if self.mode == PrefixMode::Soft {
+            return vec![
+                ("norm", vec![d]),
+                ("down", vec![r, d]),
+                ("up", vec![d, r]),
+                ("bias", vec![d]),
+            ];
+        }
         vec![
             ("norm", vec![d]),
             ("down", vec![l, 2, r, d]),
@@ -70,7 +83,7 @@ pub struct PrefixTape {
     z: Vec<f32>,
 }
 
-const EPS: f32 = 1e-6;
+pub(crate) const EPS: f32 = 1e-6;
 /// Scale of the initial key up-projection (a fraction of a unit-variance projection).
 const KEY_INIT: f32 = 0.1;
 
@@ -87,10 +100,16 @@ impl PrefixParams {
     }
 
     /// Gain 1, down ~ N(0, 1/D), key up ~ N(0, (0.1)²/R), value up 0, biases 0.
+    /// Soft mode: gain `soft_scale`, down ~ N(0, 1/D), up 0, bias 0 (the soft rows start as
+    /// the normalised A′ at θ's embedding scale).
     pub fn init(dims: &PrefixDims, seed: u64) -> Self {
         let mut p = Self::zeros(dims);
-        p.norm.fill(1.0);
         p.down = normal_vec(p.down.len(), 1.0 / (dims.d as f32).sqrt(), seed);
+        if dims.mode == PrefixMode::Soft {
+            p.norm.fill(dims.soft_scale);
+            return p;
+        }
+        p.norm.fill(1.0);
         let (kvd, r) = (dims.kv_dim(), dims.rank);
         let keys = normal_vec(
             dims.layers * kvd * r,
@@ -144,6 +163,15 @@ impl PrefixParams {
     }
 }
 
+fn kv_mode(dims: &PrefixDims) -> Result<()> {
+    if dims.mode != PrefixMode::Kv {
+        return Err(Error::Invalid(
+            "the key/value prefix generator called on a soft-mode G_ω".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The `[T, kvd]` block of projection (ℓ, s) of `m` (`[L, 2, rows, cols]` flattened).
 fn block(m: &[f32], ls: usize, rows: usize, cols: usize) -> &[f32] {
     &m[ls * rows * cols..(ls + 1) * rows * cols]
@@ -156,6 +184,7 @@ pub fn forward(
     a: &[f32],
 ) -> Result<(Vec<KvPrefix>, PrefixTape)> {
     w.check(dims)?;
+    kv_mode(dims)?;
     let (l, d, r, kvd, p, hd, g) = (
         dims.layers,
         dims.d,
@@ -243,6 +272,7 @@ pub fn backward(
     grads: &mut PrefixParams,
 ) -> Result<Vec<f32>> {
     grads.check(dims)?;
+    kv_mode(dims)?;
     let (l, d, r, kvd, p, hd, g) = (
         dims.layers,
         dims.d,

@@ -1,7 +1,7 @@
 //! The whole objective's gradient — L_qa (answer loss → prefix → G_ω → ψ → (w, A) → scores
 //! → (k_x, k_d) → C_φ), L_rec (document tokens → G_ω(M_d) → C_φ) and L_match (InfoNCE over
 //! the training bank with a queue) — against central differences of the loss, for every
-//! trainable tensor, on a tiny random model (straight-through: the test checks that the
+//! trainable tensor, with G_ω in either prefix mode, on a tiny random model (straight-through: the test checks that the
 //! selection is the same at both ends of every difference).
 mod common;
 use cmt_compress::encode::{EncodeOptions, Encoder, Progress};
@@ -15,11 +15,21 @@ fn objective_gradient_matches_finite_differences_for_every_tensor() {
     let path = common::write_tiny_model(dir.path(), 16, 3);
     let (theta, _) = cmt_runtime::load_model(&path, cmt_runtime::CpuBackend).unwrap();
     let base = BaseDims::of(&theta.cfg);
-    // (ψ on, top-k on), (ψ off), (top-k off: the whole training bank aggregated).
-    for (aggregator, topk) in [(true, true), (false, true), (true, false)] {
+    // (ψ on, top-k on), (ψ off), (top-k off: the whole training bank aggregated), and the
+    // soft-row prefix (θ's own layers make the keys and values).
+    for (aggregator, topk, soft) in [
+        (true, true, false),
+        (false, true, false),
+        (true, false, false),
+        (true, true, true),
+    ] {
         let mut cfg = common::tiny_cmt_config(16);
         cfg.aggregator = aggregator;
         cfg.topk = topk;
+        if soft {
+            cfg.prefix_mode = cmt_core::config::PrefixMode::Soft;
+            cfg.soft_scale = 0.5;
+        }
         let mut params = CmtParams::init(&cfg, &base, 11).unwrap();
         let mut rng = Rng(5);
         for (name, t) in params.tensors_mut() {
@@ -132,7 +142,7 @@ fn objective_gradient_matches_finite_differences_for_every_tensor() {
             let tol = 1.5e-4 + 2e-2 * numeric.abs();
             assert!(
                 (numeric - analytic).abs() <= tol,
-                "aggregator={aggregator} topk={topk} {name}: analytic {analytic:.6e}, numeric {numeric:.6e}"
+                "aggregator={aggregator} topk={topk} soft={soft} {name}: analytic {analytic:.6e}, numeric {numeric:.6e}"
             );
             checked += 1;
         }

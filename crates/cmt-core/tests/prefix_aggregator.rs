@@ -3,7 +3,9 @@
 mod common;
 use cmt_compress::{BlockParams, CompressorConfig};
 use cmt_core::aggregator::{self, AggInput};
+use cmt_core::config::PrefixMode;
 use cmt_core::prefix::{self, PrefixDims, PrefixParams};
+use cmt_core::soft_prefix;
 use common::Rng;
 use proptest::prelude::*;
 
@@ -142,6 +144,29 @@ fn prefix_ref(
     (k, v)
 }
 
+/// E = U + (U·Downᵀ)·Upᵀ + b with U = RMSNorm(A′)·g, row by row (soft mode).
+fn soft_ref(
+    dm: &PrefixDims,
+    norm: &[f64],
+    down: &[f64],
+    up: &[f64],
+    bias: &[f64],
+    a: &[f64],
+) -> Vec<f64> {
+    let (d, r) = (dm.d, dm.rank);
+    let u = rms(&rows(a, d), norm, 1e-6);
+    let mut e = lin(&lin(&u, &rows(down, d)), &rows(up, r));
+    add(&mut e, &u);
+    e.into_iter()
+        .flat_map(|row| {
+            row.into_iter()
+                .zip(bias)
+                .map(|(x, b)| x + b)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn check(got: &[f32], want: &[f64], what: &str) {
     // The scale floor: a tensor whose true gradient is exactly 0 (one key/value row makes
     // the softmax constant, so dL/dWq = 0) still gets f32 round-off of cancelling terms of
@@ -277,7 +302,7 @@ proptest! {
         n in 1usize..=2,
         seed in 0u64..1000,
     ) {
-        let dm = PrefixDims { layers, kv_heads, head_dim, d, p, rank };
+        let dm = PrefixDims { layers, kv_heads, head_dim, d, p, rank, mode: PrefixMode::Kv, soft_scale: 1.0 };
         let mut w = PrefixParams::init(&dm, seed);
         let mut rng = Rng(seed + 9);
         for (_, t) in w.tensors_mut() {
@@ -312,6 +337,50 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
+
+    #[test]
+    fn soft_prefix_generator_matches_f64_and_finite_differences(
+        d in prop::sample::select(vec![4usize, 6]),
+        p in 1usize..=3,
+        rank in 1usize..=3,
+        n in 1usize..=2,
+        seed in 0u64..1000,
+    ) {
+        let dm = PrefixDims {
+            layers: 2, kv_heads: 1, head_dim: 2, d, p, rank,
+            mode: PrefixMode::Soft, soft_scale: 0.3,
+        };
+        let fresh = PrefixParams::init(&dm, seed);
+        // Fresh: E is the normalised A′ at the soft scale (up and bias start at zero).
+        prop_assert!(fresh.norm.iter().all(|&g| g == 0.3));
+        prop_assert!(fresh.up.iter().chain(&fresh.bias).all(|&x| x == 0.0));
+        let mut w = fresh;
+        let mut rng = Rng(seed + 9);
+        for (_, t) in w.tensors_mut() {
+            t.iter_mut().for_each(|x| *x += 0.5 * rng.next());
+        }
+        let a = rng.vec(n * p * d, 1.0);
+        let (e, tape) = soft_prefix::forward(&dm, &w, &a).unwrap();
+        let w64: Vec<Vec<f64>> = w.tensors().iter().map(|(_, t)| to64(t)).collect();
+        check(&e, &soft_ref(&dm, &w64[0], &w64[1], &w64[2], &w64[3], &to64(&a)), "E");
+        let c = rng.vec(e.len(), 1.0);
+        let mut g = PrefixParams::zeros(&dm);
+        let da = soft_prefix::backward(&dm, &w, &tape, &c, &mut g).unwrap();
+        let loss = |t: &[Vec<f64>], a: &[f64]| -> f64 {
+            soft_ref(&dm, &t[0], &t[1], &t[2], &t[3], a).iter().zip(&c).map(|(x, c)| x * *c as f64).sum()
+        };
+        check(&da, &fd(&to64(&a), &|x| loss(&w64, x)), "dA′");
+        for (ti, (name, gt)) in g.tensors().iter().enumerate() {
+            let f = |x: &[f64]| { let mut t = w64.clone(); t[ti] = x.to_vec(); loss(&t, &to64(&a)) };
+            check(gt, &fd(&w64[ti], &f), name);
+        }
+        // The two modes refuse each other's calls.
+        prop_assert!(prefix::forward(&dm, &w, &a).is_err());
+    }
+}
+
 #[test]
 fn default_prefix_generator_is_under_five_percent_of_the_default_model() {
     // SmolLM2-135M: 30 layers, 3 kv heads of 64, hidden 576, 134.5M parameters.
@@ -322,6 +391,8 @@ fn default_prefix_generator_is_under_five_percent_of_the_default_model() {
         d: 576,
         p: 16,
         rank: 64,
+        mode: PrefixMode::Kv,
+        soft_scale: 1.0,
     };
     let n = PrefixParams::zeros(&dm).num_params();
     assert_eq!(n, 576 + 30 * 2 * (64 * 576 + 192 * 64 + 192));

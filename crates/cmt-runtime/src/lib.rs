@@ -15,6 +15,7 @@ pub mod loader;
 pub mod model;
 pub mod score;
 pub mod session;
+pub mod soft_prefix;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

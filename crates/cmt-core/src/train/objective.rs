@@ -13,15 +13,19 @@
 //! The training bank holds the batch's documents (their memories and keys carry gradient)
 //! followed by an optional queue of earlier memories (constants).
 use crate::aggregator::{self, AggInput};
-use crate::config::CmtConfig;
+use crate::config::{CmtConfig, PrefixMode};
 use crate::error::{Error, Result};
 use crate::params::{prefix_dims, BaseDims, CmtParams};
-use crate::prefix;
+use crate::prefix::{self, PrefixDims, PrefixParams};
+use crate::soft_prefix;
 use cmt_compress::attention::DocBatch;
 use cmt_memory::topk::{self, MemorySource};
 use cmt_memory::{KeyMatrix, MemView, TopK, MAX_K};
 use cmt_runtime::train::{Tape, TrainSeq};
-use cmt_runtime::{CpuBackend, Model};
+use cmt_runtime::{CpuBackend, KvPrefix, Model};
+
+/// The label of a row with no loss (HF's −100).
+const IGNORE: i32 = -100;
 
 /// Memories with no gradient (a queue of recent batches' memories).
 pub struct Queue<'a> {
@@ -232,26 +236,12 @@ pub fn loss(
     }
 
     if rec_on {
-        let (prefixes, ptape) = prefix::forward(&pdims, &params.prefix, &cd.memories)?;
-        let (l, dpre, toks) = theta_pass(theta, &pdims, batch.rec, &prefixes, grads.is_some())?;
+        let inj = Injected::forward(&pdims, &params.prefix, &cd.memories)?;
+        let (l, dth, toks) = theta_pass(theta, &pdims, batch.rec, &inj, grads.is_some())?;
         out.rec = l;
         out.theta_tokens += toks;
         if let Some(g) = grads.as_deref_mut() {
-            let lam = terms.lambda_rec;
-            let scaled: Vec<(Vec<f32>, Vec<f32>)> = dpre
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        k.into_iter().map(|x| x * lam).collect(),
-                        v.into_iter().map(|x| x * lam).collect(),
-                    )
-                })
-                .collect();
-            let refs: Vec<(&[f32], &[f32])> = scaled
-                .iter()
-                .map(|(k, v)| (k.as_slice(), v.as_slice()))
-                .collect();
-            let dm = prefix::backward(&pdims, &params.prefix, &ptape, &refs, &mut g.prefix)?;
+            let dm = inj.backward(&pdims, &params.prefix, dth, terms.lambda_rec, &mut g.prefix)?;
             d_mem_d.iter_mut().zip(&dm).for_each(|(a, b)| *a += b);
         }
     }
@@ -277,16 +267,12 @@ pub fn loss(
         } else {
             (a.clone(), None)
         };
-        let (prefixes, ptape) = prefix::forward(&pdims, &params.prefix, &a_prime)?;
-        let (l, dpre, toks) = theta_pass(theta, &pdims, batch.qa, &prefixes, grads.is_some())?;
+        let inj = Injected::forward(&pdims, &params.prefix, &a_prime)?;
+        let (l, dth, toks) = theta_pass(theta, &pdims, batch.qa, &inj, grads.is_some())?;
         out.qa = l;
         out.theta_tokens += toks;
         if let Some(g) = grads.as_deref_mut() {
-            let refs: Vec<(&[f32], &[f32])> = dpre
-                .iter()
-                .map(|(k, v)| (k.as_slice(), v.as_slice()))
-                .collect();
-            let d_ap = prefix::backward(&pdims, &params.prefix, &ptape, &refs, &mut g.prefix)?;
+            let d_ap = inj.backward(&pdims, &params.prefix, dth, 1.0, &mut g.prefix)?;
             let (d_sel, d_a) = match &agg_tape {
                 Some(tape) => {
                     let ga = aggregator::backward(
@@ -365,42 +351,127 @@ pub fn loss(
     Ok(out)
 }
 
-/// Per-sequence d loss / d (prefix keys, prefix values).
-type PrefixGrads = Vec<(Vec<f32>, Vec<f32>)>;
+/// G_ω's output for θ, with its tape: per-layer prefixes, or soft rows θ reads first.
+enum Injected {
+    Kv(Vec<KvPrefix>, prefix::PrefixTape),
+    Soft(Vec<f32>, soft_prefix::SoftTape),
+}
 
-/// θ over `seqs`, sequence i after `prefixes[i]`: the mean labelled cross-entropy, with its
-/// prefix gradients when `backward`, and the tokens run.
+/// Per sequence, d loss / d what θ was given: (prefix keys, prefix values), or soft rows.
+enum ThetaGrads {
+    Kv(Vec<(Vec<f32>, Vec<f32>)>),
+    Soft(Vec<Vec<f32>>),
+}
+
+impl Injected {
+    /// G_ω over aggregates `a` (`[n, p, D]`) in the config's mode.
+    fn forward(pdims: &PrefixDims, w: &PrefixParams, a: &[f32]) -> Result<Self> {
+        Ok(match pdims.mode {
+            PrefixMode::Kv => {
+                let (pre, tape) = prefix::forward(pdims, w, a)?;
+                Injected::Kv(pre, tape)
+            }
+            PrefixMode::Soft => {
+                let (e, tape) = soft_prefix::forward(pdims, w, a)?;
+                Injected::Soft(e, tape)
+            }
+        })
+    }
+
+    /// dL/dA′ from θ's input gradients scaled by `lam`, accumulating dL/dω into `grads`.
+    fn backward(
+        &self,
+        pdims: &PrefixDims,
+        w: &PrefixParams,
+        d: ThetaGrads,
+        lam: f32,
+        grads: &mut PrefixParams,
+    ) -> Result<Vec<f32>> {
+        let scale = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| x * lam).collect() };
+        match (self, d) {
+            (Injected::Kv(_, tape), ThetaGrads::Kv(dk)) => {
+                let scaled: Vec<(Vec<f32>, Vec<f32>)> =
+                    dk.into_iter().map(|(k, v)| (scale(k), scale(v))).collect();
+                let refs: Vec<(&[f32], &[f32])> = scaled
+                    .iter()
+                    .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                    .collect();
+                prefix::backward(pdims, w, tape, &refs, grads)
+            }
+            (Injected::Soft(_, tape), ThetaGrads::Soft(ds)) => {
+                let flat: Vec<f32> = ds.into_iter().flat_map(scale).collect();
+                soft_prefix::backward(pdims, w, tape, &flat, grads)
+            }
+            _ => Err(Error::Invalid(
+                "θ's gradients do not match the prefix mode".into(),
+            )),
+        }
+    }
+}
+
+/// θ over `seqs`, sequence i after what `inj` gives it (its prefix, or its p soft rows):
+/// the mean labelled cross-entropy, with the input gradients when `backward`, and the
+/// tokens run.
 fn theta_pass(
     theta: &Model<CpuBackend>,
-    pdims: &crate::prefix::PrefixDims,
+    pdims: &PrefixDims,
     seqs: &[Labelled],
-    prefixes: &[cmt_runtime::KvPrefix],
+    inj: &Injected,
     backward: bool,
-) -> Result<(f64, PrefixGrads, usize)> {
+) -> Result<(f64, ThetaGrads, usize)> {
     let longest = seqs.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
     let tokens = seqs.iter().map(|(ids, _)| ids.len()).sum();
     let mut sess = theta.session(seqs.len(), pdims.p + longest)?;
-    let ts: Vec<TrainSeq> = seqs
-        .iter()
-        .zip(prefixes)
-        .map(|((ids, labels), p)| TrainSeq {
-            prefix: Some(p),
-            soft: &[],
-            ids,
-            labels,
-        })
-        .collect();
+    let (p, d) = (pdims.p, pdims.d);
+    // Soft rows carry no label; labels[t] belongs to row t.
+    let soft_labels: Vec<Vec<i32>> = match inj {
+        Injected::Soft(..) => seqs
+            .iter()
+            .map(|(_, l)| {
+                std::iter::repeat_n(IGNORE, p)
+                    .chain(l.iter().copied())
+                    .collect()
+            })
+            .collect(),
+        Injected::Kv(..) => Vec::new(),
+    };
+    let ts: Vec<TrainSeq> = match inj {
+        Injected::Kv(prefixes, _) => seqs
+            .iter()
+            .zip(prefixes)
+            .map(|((ids, labels), pre)| TrainSeq {
+                prefix: Some(pre),
+                soft: &[],
+                ids,
+                labels,
+            })
+            .collect(),
+        Injected::Soft(e, _) => seqs
+            .iter()
+            .zip(e.chunks_exact(p * d))
+            .zip(&soft_labels)
+            .map(|(((ids, _), rows), labels)| TrainSeq {
+                prefix: None,
+                soft: rows,
+                ids,
+                labels,
+            })
+            .collect(),
+    };
     let mut tape = Tape::default();
     let l = theta.forward_train(&mut sess, &ts, &mut tape)?;
-    if !backward {
-        return Ok((l, Vec::new(), tokens));
-    }
-    let sg = theta.backward(&sess, &tape)?;
-    Ok((
-        l,
-        sg.into_iter().map(|g| (g.prefix_k, g.prefix_v)).collect(),
-        tokens,
-    ))
+    let sg = if backward {
+        theta.backward(&sess, &tape)?
+    } else {
+        Vec::new()
+    };
+    let grads = match inj {
+        Injected::Kv(..) => {
+            ThetaGrads::Kv(sg.into_iter().map(|g| (g.prefix_k, g.prefix_v)).collect())
+        }
+        Injected::Soft(..) => ThetaGrads::Soft(sg.into_iter().map(|g| g.soft).collect()),
+    };
+    Ok((l, grads, tokens))
 }
 
 /// One row of values per question.
