@@ -91,8 +91,11 @@ pub struct LossOut {
     pub recall: f64,
     /// Per question: the selected training-bank rows (documents first, then the queue).
     pub selections: Vec<TopK>,
-    /// Tokens θ ran forward (and backward, with gradients) for this batch.
+    /// Rows θ ran forward (and backward, with gradients) for this batch: tokens, and in
+    /// soft mode the soft rows.
     pub theta_tokens: usize,
+    /// Wall seconds inside θ's forward and backward.
+    pub theta_seconds: f64,
 }
 
 struct Mems<'a> {
@@ -206,6 +209,7 @@ pub fn loss(
         recall,
         selections: Vec::new(),
         theta_tokens: 0,
+        theta_seconds: 0.0,
     };
     let pdims = prefix_dims(cfg, &base);
 
@@ -237,7 +241,9 @@ pub fn loss(
 
     if rec_on {
         let inj = Injected::forward(&pdims, &params.prefix, &cd.memories)?;
+        let t0 = std::time::Instant::now();
         let (l, dth, toks) = theta_pass(theta, &pdims, batch.rec, &inj, grads.is_some())?;
+        out.theta_seconds += t0.elapsed().as_secs_f64();
         out.rec = l;
         out.theta_tokens += toks;
         if let Some(g) = grads.as_deref_mut() {
@@ -268,7 +274,9 @@ pub fn loss(
             (a.clone(), None)
         };
         let inj = Injected::forward(&pdims, &params.prefix, &a_prime)?;
+        let t0 = std::time::Instant::now();
         let (l, dth, toks) = theta_pass(theta, &pdims, batch.qa, &inj, grads.is_some())?;
+        out.theta_seconds += t0.elapsed().as_secs_f64();
         out.qa = l;
         out.theta_tokens += toks;
         if let Some(g) = grads.as_deref_mut() {
@@ -420,9 +428,15 @@ fn theta_pass(
     backward: bool,
 ) -> Result<(f64, ThetaGrads, usize)> {
     let longest = seqs.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
-    let tokens = seqs.iter().map(|(ids, _)| ids.len()).sum();
-    let mut sess = theta.session(seqs.len(), pdims.p + longest)?;
     let (p, d) = (pdims.p, pdims.d);
+    // Rows θ runs: the tokens, plus the soft rows in soft mode.
+    let soft_rows = if matches!(inj, Injected::Soft(..)) {
+        p
+    } else {
+        0
+    };
+    let tokens = seqs.iter().map(|(ids, _)| ids.len() + soft_rows).sum();
+    let mut sess = theta.session(seqs.len(), pdims.p + longest)?;
     // Soft rows carry no label; labels[t] belongs to row t.
     let soft_labels: Vec<Vec<i32>> = match inj {
         Injected::Soft(..) => seqs

@@ -125,6 +125,9 @@ pub struct StepLog {
     pub theta_tokens: usize,
     /// Seconds of the step.
     pub seconds: f64,
+    /// Of those, seconds inside θ (forward and backward to its inputs); the rest is the
+    /// CMT parts, the cache and the optimizer.
+    pub theta_seconds: f64,
     /// Document / question hidden states read from the cache, and encoded.
     pub cache_hits: usize,
     /// Encoded (cache misses).
@@ -260,6 +263,7 @@ pub fn train(
             tau: 0.0,
             theta_tokens: 0,
             seconds: 0.0,
+            theta_seconds: 0.0,
             cache_hits: 0,
             cache_misses: 0,
         };
@@ -333,6 +337,7 @@ pub fn train(
             log.matching += w * out.matching;
             log.recall += w * out.recall;
             log.theta_tokens += out.theta_tokens;
+            log.theta_seconds += out.theta_seconds;
             st.queue.extend(plan.docs.iter().copied());
             while st.queue.len() > traj.queue {
                 st.queue.pop_front();
