@@ -110,13 +110,17 @@ fn train_resume_export_and_demo() {
         "{err}"
     );
 
-    // Export to bf16: half the tensor bytes, loadable, same metadata.
+    // Export to bf16: half the tensor bytes, loadable, same metadata plus the figures.
     let c = root.join("c.safetensors");
+    let figures = root.join("figures.json");
+    std::fs::write(&figures, r#"{"dev": {"cmt": {"f1": 12.5}}}"#).unwrap();
     ok(
         cmt()
             .args(["checkpoint", "export"])
             .arg(&a)
             .arg(&c)
+            .arg("--results")
+            .arg(&figures)
             .output()
             .unwrap(),
         "export",
@@ -132,6 +136,7 @@ fn train_resume_export_and_demo() {
     let v: serde_json::Value = serde_json::from_str(&show).unwrap();
     assert_eq!(v["dtype"], "bf16");
     assert_eq!(v["extra"]["train_step"], 4);
+    assert_eq!(v["extra"]["results"]["dev"]["cmt"]["f1"], 12.5);
     let half: usize = tensors(&c).iter().map(|(_, t)| t.len()).sum();
     let full: usize = tensors(&a).iter().map(|(_, t)| t.len()).sum();
     assert_eq!(2 * half, full);
@@ -151,5 +156,67 @@ fn train_resume_export_and_demo() {
     assert!(
         last.starts_with("with memory: ") && last.contains("/24 correct, closed-book: "),
         "{last}"
+    );
+}
+
+/// Soft mode end to end: trains, resumes exactly, and the demo answers through θ's own
+/// keys and values of the soft rows.
+#[test]
+fn soft_prefix_mode_trains_resumes_and_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let model = common::write_tiny_model(root, 16, 4);
+    let data = root.join("squad.json");
+    write_squad(&data);
+    let a = root.join("a.safetensors");
+    ok(
+        train_cmd(&model, &data, &a)
+            .args(["--prefix-mode", "soft"])
+            .output()
+            .unwrap(),
+        "soft run",
+    );
+    let b = root.join("b.safetensors");
+    ok(
+        train_cmd(&model, &data, &b)
+            .args(["--prefix-mode", "soft", "--stop-at", "2"])
+            .output()
+            .unwrap(),
+        "soft run stopped at 2",
+    );
+    ok(
+        train_cmd(&model, &data, &b)
+            .args(["--prefix-mode", "soft", "--resume"])
+            .output()
+            .unwrap(),
+        "soft run resumed",
+    );
+    assert_eq!(tensors(&a), tensors(&b), "resumed parameters differ");
+    // The soft generator's tensors: [D] gain, [R, D] down, [D, R] up, [D] bias.
+    let names: Vec<String> = tensors(&a).into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"prefix.up".to_string()), "{names:?}");
+    let show = ok(
+        cmt()
+            .args(["checkpoint", "show", "--json"])
+            .arg(&a)
+            .output()
+            .unwrap(),
+        "show",
+    );
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(v["config"]["prefix_mode"], "soft", "{v}");
+    let text = ok(
+        cmt()
+            .args(["demo", "--model"])
+            .arg(&model)
+            .arg("--checkpoint")
+            .arg(&a)
+            .output()
+            .unwrap(),
+        "soft demo",
+    );
+    assert!(
+        text.lines().last().unwrap().contains("/24 correct"),
+        "{text}"
     );
 }

@@ -29,6 +29,10 @@ pub enum CheckpointCmd {
         /// bf16 or f32.
         #[arg(long, default_value = "bf16")]
         dtype: String,
+        /// A JSON file of measured figures (e.g. the dev table) to record in the copy's
+        /// metadata under `extra.results`.
+        #[arg(long)]
+        results: Option<PathBuf>,
     },
 }
 
@@ -109,12 +113,32 @@ pub fn run(cmd: CheckpointCmd) -> Result<()> {
     match cmd {
         CheckpointCmd::Init(a) => init(a),
         CheckpointCmd::Show { file, json } => show(file, json),
-        CheckpointCmd::Export { input, out, dtype } => export(&input, &out, &dtype),
+        CheckpointCmd::Export {
+            input,
+            out,
+            dtype,
+            results,
+        } => export(&input, &out, &dtype, results.as_deref()),
     }
 }
 
-fn export(input: &std::path::Path, out: &std::path::Path, dtype: &str) -> Result<()> {
+fn export(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    dtype: &str,
+    results: Option<&std::path::Path>,
+) -> Result<()> {
     let mut ck = checkpoint::load(input)?;
+    if let Some(r) = results {
+        let text =
+            std::fs::read_to_string(r).with_context(|| format!("reading {}", r.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", r.display()))?;
+        if !ck.meta.extra.is_object() {
+            ck.meta.extra = serde_json::json!({});
+        }
+        ck.meta.extra["results"] = v;
+    }
     ck.meta.dtype = match dtype {
         "bf16" => checkpoint::CkptDtype::Bf16,
         "f32" => checkpoint::CkptDtype::F32,
