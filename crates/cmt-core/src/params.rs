@@ -1,6 +1,6 @@
 //! The trainable parameters of CMT: φ and W_key (the compressor), ψ (the aggregator), ω
 //! (the prefix generator) and τ, with stable names for optimisers and checkpoints.
-use crate::config::{CmtConfig, PrefixMode};
+use crate::config::CmtConfig;
 use crate::error::{Error, Result};
 use crate::prefix::{PrefixDims, PrefixParams};
 use cmt_compress::{BlockParams, Compressor};
@@ -96,8 +96,6 @@ impl CmtParams {
     /// A fresh model: the compressor's and ψ's initialisation of `cmt_compress`, G_ω's of
     /// [`PrefixParams::init`], τ = `tau_init`. Deterministic in `seed`.
     ///
-    /// In soft mode the compressor starts as a pooling of θ's states (see `pooling_init`).
-    ///
     /// The compressor's start queries are scaled down to `Q0_SCALE`: at unit variance they
     /// outweigh the first block's pooled document content several times over, so every
     /// document's fresh memory (and key) is nearly the same vector — measured: after 80
@@ -107,9 +105,6 @@ impl CmtParams {
         check_base(cfg, base)?;
         let mut compressor = Compressor::init(cfg.compressor.clone(), seed)?;
         compressor.params.q0.iter_mut().for_each(|x| *x *= Q0_SCALE);
-        if cfg.prefix_mode == PrefixMode::Soft {
-            pooling_init(&cfg.compressor, &mut compressor.params.blocks);
-        }
         let aggregator =
             cmt_compress::Params::init(&cfg.aggregator_blocks_config(), seed ^ 1)?.blocks;
         let prefix = PrefixParams::init(&prefix_dims(cfg, base), seed ^ 2);
@@ -220,28 +215,6 @@ impl CmtParams {
     }
 }
 
-/// Soft mode's compressor start: every block's value and output projections are the
-/// identity and its MLP writes nothing (w2 = 0), so a fresh memory slot is its start query
-/// plus attention-pooled, normalised hidden states of the document — in θ's own space, and
-/// (the final norm being tied to the embeddings) close to a blend of the document's token
-/// embeddings once G_ω scales it. Random projections there would hand θ noise at step 0.
-/// Left as initialised when heads·head_dim ≠ D (no square identity).
-fn pooling_init(cfg: &cmt_compress::CompressorConfig, blocks: &mut [BlockParams]) {
-    let (d, hd) = (cfg.d, cfg.heads * cfg.head_dim);
-    if hd != d {
-        return;
-    }
-    for b in blocks {
-        for w in [&mut b.wv, &mut b.wo] {
-            w.fill(0.0);
-            for i in 0..d {
-                w[i * d + i] = 1.0;
-            }
-        }
-        b.w2.fill(0.0);
-    }
-}
-
 /// The compressor must read θ's width.
 pub fn check_base(cfg: &CmtConfig, base: &BaseDims) -> Result<()> {
     if cfg.compressor.d != base.hidden {
@@ -259,67 +232,4 @@ pub fn check_base(cfg: &CmtConfig, base: &BaseDims) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use cmt_compress::attention::DocBatch;
-
-    /// A soft-mode fresh compressor pools: for a document whose hidden rows are all the same
-    /// h, attention returns its value whatever the scores, so after B blocks every memory
-    /// slot is q0 + B·RMSNorm(h) (identity values and outputs, silent MLPs).
-    #[test]
-    fn soft_mode_compressor_starts_as_a_pooling() {
-        let d = 8;
-        let mut cfg = CmtConfig::for_hidden(d);
-        cfg.compressor.mem_tokens = 3;
-        cfg.compressor.heads = 2;
-        cfg.compressor.head_dim = 4;
-        cfg.compressor.mlp_hidden = 16;
-        cfg.compressor.key_dim = 4;
-        cfg.prefix_mode = PrefixMode::Soft;
-        let base = BaseDims {
-            hidden: d,
-            layers: 2,
-            kv_heads: 1,
-            head_dim: 4,
-            vocab: 10,
-        };
-        let p = CmtParams::init(&cfg, &base, 3).unwrap();
-        let h: Vec<f32> = (0..d).map(|i| i as f32 - 2.5).collect();
-        let rows: Vec<f32> = h.iter().cycle().take(5 * d).copied().collect();
-        let out = p
-            .compressor
-            .forward(&DocBatch {
-                h: &rows,
-                n_max: 5,
-                lens: &[5],
-            })
-            .unwrap();
-        let rms = (h.iter().map(|x| x * x).sum::<f32>() / d as f32 + 1e-6).sqrt();
-        let blocks = cfg.compressor.blocks as f32;
-        for (t, m) in out.memories.chunks_exact(d).enumerate() {
-            for (i, &x) in m.iter().enumerate() {
-                let want = p.compressor.params.q0[t * d + i] + blocks * h[i] / rms;
-                assert!((x - want).abs() < 1e-4, "slot {t}[{i}]: {x} vs {want}");
-            }
-        }
-        // kv mode keeps the random projections: the same input gives something else.
-        cfg.prefix_mode = PrefixMode::Kv;
-        let k = CmtParams::init(&cfg, &base, 3).unwrap();
-        let other = k
-            .compressor
-            .forward(&DocBatch {
-                h: &rows,
-                n_max: 5,
-                lens: &[5],
-            })
-            .unwrap();
-        assert!(other
-            .memories
-            .iter()
-            .zip(&out.memories)
-            .any(|(a, b)| (a - b).abs() > 1e-2));
-    }
 }
