@@ -27,7 +27,16 @@ fn write_squad(path: &Path) {
     std::fs::write(path, v.to_string()).unwrap();
 }
 
+/// A fresh tiny run: the architecture flags, then the schedule of [`resume_cmd`].
 fn train_cmd(model: &Path, data: &Path, out: &Path) -> Command {
+    let mut c = resume_cmd(model, data, out);
+    c.args(["--mem-tokens", "4", "--key-dim", "16", "--prefix-rank", "4"])
+        .args(["--topk", "2"]);
+    c
+}
+
+/// The schedule only (a resumed run takes its architecture from the checkpoint).
+fn resume_cmd(model: &Path, data: &Path, out: &Path) -> Command {
     let mut c = cmt();
     c.args(["train", "--model"])
         .arg(model)
@@ -35,17 +44,7 @@ fn train_cmd(model: &Path, data: &Path, out: &Path) -> Command {
         .arg(data)
         .arg("--out")
         .arg(out)
-        .args(["--mem-tokens", "4", "--key-dim", "16", "--prefix-rank", "4"])
-        .args([
-            "--topk",
-            "2",
-            "--steps",
-            "4",
-            "--batch-docs",
-            "2",
-            "--queue",
-            "2",
-        ])
+        .args(["--steps", "4", "--batch-docs", "2", "--queue", "2"])
         .args(["--eval-every", "0", "--save-every", "0", "--cache", "none"]);
     c
 }
@@ -89,7 +88,7 @@ fn train_resume_export_and_demo() {
         .output()
         .unwrap();
     ok(out, "run stopped at step 2");
-    let out = train_cmd(&model, &data, &b)
+    let out = resume_cmd(&model, &data, &b)
         .arg("--resume")
         .output()
         .unwrap();
@@ -99,7 +98,7 @@ fn train_resume_export_and_demo() {
     assert_eq!(tensors(&a), tensors(&b), "resumed parameters differ");
 
     // Other settings on resume are refused, naming the state file.
-    let out = train_cmd(&model, &data, &b)
+    let out = resume_cmd(&model, &data, &b)
         .args(["--resume", "--lr", "0.5"])
         .output()
         .unwrap();
@@ -185,11 +184,22 @@ fn soft_prefix_mode_trains_resumes_and_answers() {
         "soft run stopped at 2",
     );
     ok(
-        train_cmd(&model, &data, &b)
-            .args(["--prefix-mode", "soft", "--resume"])
+        resume_cmd(&model, &data, &b)
+            .arg("--resume")
             .output()
             .unwrap(),
         "soft run resumed",
+    );
+    // Architecture flags with --resume (or --init) are refused, not ignored.
+    let out = resume_cmd(&model, &data, &b)
+        .args(["--resume", "--no-aggregator"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--no-aggregator") && err.contains("--resume"),
+        "{err}"
     );
     assert_eq!(tensors(&a), tensors(&b), "resumed parameters differ");
     // The soft generator's tensors: [D] gain, [R, D] down, [D, R] up, [D] bias.

@@ -53,25 +53,28 @@ pub struct InitArgs {
     arch: ArchArgs,
 }
 
-/// The architecture of a new checkpoint.
+/// The architecture of a new checkpoint. Every field is optional so that a run that takes
+/// its architecture from a checkpoint (`train --init/--resume`) can refuse them instead of
+/// silently ignoring them; the defaults are DESIGN §1's.
 #[derive(Args, Clone, Debug)]
 pub struct ArchArgs {
-    /// Memory tokens per document (T; also the prefix length p).
-    #[arg(long, default_value_t = 16)]
-    pub mem_tokens: usize,
-    /// Memories aggregated per question (1..=64).
-    #[arg(long = "topk", visible_alias = "k", default_value_t = 4)]
-    pub k: usize,
-    /// Matching-key width r.
-    #[arg(long, default_value_t = 128)]
-    pub key_dim: usize,
-    /// Rank of the prefix generator's per-layer projections.
-    #[arg(long, default_value_t = 64)]
-    pub prefix_rank: usize,
+    /// Memory tokens per document (T; also the prefix length p) [default: 16].
+    #[arg(long)]
+    pub mem_tokens: Option<usize>,
+    /// Memories aggregated per question (1..=64) [default: 4].
+    #[arg(long = "topk", visible_alias = "k")]
+    pub k: Option<usize>,
+    /// Matching-key width r [default: 128].
+    #[arg(long)]
+    pub key_dim: Option<usize>,
+    /// Rank of the prefix generator's projections [default: 64].
+    #[arg(long)]
+    pub prefix_rank: Option<usize>,
     /// How memories reach θ: `kv` (low-rank projections to every layer's keys and values)
-    /// or `soft` (p soft input embeddings whose keys and values θ's own layers compute).
-    #[arg(long, default_value = "kv", value_parser = ["kv", "soft"])]
-    pub prefix_mode: String,
+    /// or `soft` (p soft input embeddings whose keys and values θ's own layers compute)
+    /// [default: kv].
+    #[arg(long, value_parser = ["kv", "soft"])]
+    pub prefix_mode: Option<String>,
     /// Aggregate every memory of the bank instead of the top k (ablation).
     #[arg(long)]
     pub no_topk: bool,
@@ -79,28 +82,57 @@ pub struct ArchArgs {
     #[arg(long)]
     pub no_aggregator: bool,
     /// θ's hidden states the compressor reads: `final` (final norm) or a layer count (the
-    /// residual stream after that many layers).
-    #[arg(long, default_value = "final")]
-    pub encode_layer: String,
+    /// residual stream after that many layers) [default: final].
+    #[arg(long)]
+    pub encode_layer: Option<String>,
 }
 
 impl ArchArgs {
+    /// The flags given on the command line, as they were spelt (empty: none).
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let flags = [
+            (self.mem_tokens.is_some(), "--mem-tokens"),
+            (self.k.is_some(), "--topk"),
+            (self.key_dim.is_some(), "--key-dim"),
+            (self.prefix_rank.is_some(), "--prefix-rank"),
+            (self.prefix_mode.is_some(), "--prefix-mode"),
+            (self.no_topk, "--no-topk"),
+            (self.no_aggregator, "--no-aggregator"),
+            (self.encode_layer.is_some(), "--encode-layer"),
+        ];
+        for (on, name) in flags {
+            if on {
+                v.push(name);
+            }
+        }
+        v
+    }
+
     /// The configuration for θ (its width, and its embedding scale for soft rows).
     pub fn config(&self, theta: &cmt_runtime::Model<cmt_runtime::CpuBackend>) -> Result<CmtConfig> {
         let mut cfg = CmtConfig::for_hidden(theta.cfg.hidden);
-        if self.prefix_mode == "soft" {
+        if self.prefix_mode.as_deref() == Some("soft") {
             cfg.prefix_mode = PrefixMode::Soft;
             cfg.soft_scale = theta.embedding_rms()?;
         }
-        cfg.compressor.mem_tokens = self.mem_tokens;
-        cfg.compressor.key_dim = self.key_dim;
-        cfg.k = self.k;
-        cfg.prefix_rank = self.prefix_rank;
+        if let Some(t) = self.mem_tokens {
+            cfg.compressor.mem_tokens = t;
+        }
+        if let Some(r) = self.key_dim {
+            cfg.compressor.key_dim = r;
+        }
+        if let Some(k) = self.k {
+            cfg.k = k;
+        }
+        if let Some(r) = self.prefix_rank {
+            cfg.prefix_rank = r;
+        }
         cfg.topk = !self.no_topk;
         cfg.aggregator = !self.no_aggregator;
-        cfg.encode_layer = match self.encode_layer.as_str() {
-            "final" => EncodeLayer::FinalNorm,
-            n => EncodeLayer::Residual(n.parse().with_context(|| {
+        cfg.encode_layer = match self.encode_layer.as_deref() {
+            None | Some("final") => EncodeLayer::FinalNorm,
+            Some(n) => EncodeLayer::Residual(n.parse().with_context(|| {
                 format!("--encode-layer {n}: expected `final` or a layer count")
             })?),
         };

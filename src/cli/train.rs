@@ -117,6 +117,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let path = model_arg::resolve(a.model.clone())?;
     let base = BaseLm::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let given = a.arch.given();
+    if !given.is_empty() && (a.resume || a.init.is_some()) {
+        let from = if a.resume { "--resume" } else { "--init" };
+        anyhow::bail!(
+            "{}: the architecture comes from the checkpoint of {from}; \
+             these flags only shape a fresh one",
+            given.join(", ")
+        );
+    }
     let ckpt = if a.resume {
         checkpoint::load(&a.out)
             .with_context(|| format!("--resume: reading {}", a.out.display()))?
