@@ -90,8 +90,7 @@ pub struct ArchArgs {
 impl ArchArgs {
     /// The flags given on the command line, as they were spelt (empty: none).
     pub fn given(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        let flags = [
+        [
             (self.mem_tokens.is_some(), "--mem-tokens"),
             (self.k.is_some(), "--topk"),
             (self.key_dim.is_some(), "--key-dim"),
@@ -100,13 +99,10 @@ impl ArchArgs {
             (self.no_topk, "--no-topk"),
             (self.no_aggregator, "--no-aggregator"),
             (self.encode_layer.is_some(), "--encode-layer"),
-        ];
-        for (on, name) in flags {
-            if on {
-                v.push(name);
-            }
-        }
-        v
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
     }
 
     /// The configuration for θ (its width, and its embedding scale for soft rows).

@@ -1,8 +1,9 @@
 //! The whole objective's gradient — L_qa (answer loss → prefix → G_ω → ψ → (w, A) → scores
 //! → (k_x, k_d) → C_φ), L_rec (document tokens → G_ω(M_d) → C_φ) and L_match (InfoNCE over
 //! the training bank with a queue) — against central differences of the loss, for every
-//! trainable tensor, with G_ω in either prefix mode, on a tiny random model (straight-through: the test checks that the
-//! selection is the same at both ends of every difference).
+//! trainable tensor, with G_ω in either prefix mode, on a tiny random model
+//! (straight-through: the test checks that the selection is the same at both ends of every
+//! difference).
 mod common;
 use cmt_compress::encode::{EncodeOptions, Encoder, Progress};
 use cmt_core::params::{BaseDims, CmtParams};

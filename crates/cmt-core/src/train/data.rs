@@ -6,6 +6,7 @@ use super::objective::Labelled;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::CmtModel;
+use cmt_runtime::score::IGNORE;
 use std::collections::HashMap;
 
 /// One question of a training document.
@@ -43,9 +44,6 @@ pub struct Prepared {
     pub questions_without_answer: usize,
 }
 
-/// Label of a token that is not scored.
-const NO_LOSS: i32 = -100;
-
 /// Tokenizes `data` for training with `model`'s template and chunk size.
 pub fn prepare(model: &CmtModel, data: &Dataset) -> Result<(Vec<TrainDoc>, Prepared)> {
     let cfg = model.cfg();
@@ -72,7 +70,7 @@ pub fn prepare(model: &CmtModel, data: &Dataset) -> Result<(Vec<TrainDoc>, Prepa
         let labels = ids
             .iter()
             .enumerate()
-            .map(|(i, &t)| if i < n_prompt { NO_LOSS } else { t as i32 })
+            .map(|(i, &t)| if i < n_prompt { IGNORE } else { t as i32 })
             .collect();
         by_doc
             .entry(q.doc_id.as_str())

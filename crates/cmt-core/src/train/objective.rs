@@ -21,11 +21,9 @@ use crate::soft_prefix;
 use cmt_compress::attention::DocBatch;
 use cmt_memory::topk::{self, MemorySource};
 use cmt_memory::{KeyMatrix, MemView, TopK, MAX_K};
+use cmt_runtime::score::IGNORE;
 use cmt_runtime::train::{Tape, TrainSeq};
 use cmt_runtime::{CpuBackend, KvPrefix, Model};
-
-/// The label of a row with no loss (HF's −100).
-const IGNORE: i32 = -100;
 
 /// Memories with no gradient (a queue of recent batches' memories).
 pub struct Queue<'a> {
@@ -395,19 +393,23 @@ impl Injected {
         lam: f32,
         grads: &mut PrefixParams,
     ) -> Result<Vec<f32>> {
-        let scale = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| x * lam).collect() };
+        // The gradients are owned: scale them in place.
+        let scale = |v: &mut [f32]| v.iter_mut().for_each(|x| *x *= lam);
         match (self, d) {
-            (Injected::Kv(_, tape), ThetaGrads::Kv(dk)) => {
-                let scaled: Vec<(Vec<f32>, Vec<f32>)> =
-                    dk.into_iter().map(|(k, v)| (scale(k), scale(v))).collect();
-                let refs: Vec<(&[f32], &[f32])> = scaled
+            (Injected::Kv(_, tape), ThetaGrads::Kv(mut dk)) => {
+                for (k, v) in &mut dk {
+                    scale(k);
+                    scale(v);
+                }
+                let refs: Vec<(&[f32], &[f32])> = dk
                     .iter()
                     .map(|(k, v)| (k.as_slice(), v.as_slice()))
                     .collect();
                 prefix::backward(pdims, w, tape, &refs, grads)
             }
             (Injected::Soft(_, tape), ThetaGrads::Soft(ds)) => {
-                let flat: Vec<f32> = ds.into_iter().flat_map(scale).collect();
+                let mut flat = ds.concat();
+                scale(&mut flat);
                 soft_prefix::backward(pdims, w, tape, &flat, grads)
             }
             _ => Err(Error::Invalid(
