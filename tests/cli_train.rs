@@ -234,3 +234,49 @@ fn soft_prefix_mode_trains_resumes_and_answers() {
         "{text}"
     );
 }
+
+/// The periodic dev evaluation: dev L_rec (own memory, other memories, θ alone) at every
+/// evaluation, and F1 / recall once L_qa has been trained (not during pretraining).
+#[test]
+fn dev_evaluation_logs_reconstruction_and_answers() {
+    let (dir, model, data) = tiny_setup();
+    let out_path = dir.path().join("d.safetensors");
+    let out = train_cmd(&model, &data, &out_path)
+        .args(["--pretrain-steps", "2", "--dev"])
+        .arg(&data)
+        .args(["--eval-every", "2", "--eval-docs", "3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(out, "run with dev evaluation");
+    let log = std::fs::read_to_string(dir.path().join("d.safetensors.log.jsonl")).unwrap();
+    let devs: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "dev")
+        .map(|v| v["dev"].clone())
+        .collect();
+    assert_eq!(devs.len(), 2, "{log}");
+    for d in &devs {
+        for f in ["rec", "rec_shuffled", "rec_no_memory"] {
+            let x = d[f].as_f64().unwrap_or(f64::NAN);
+            assert!(x.is_finite() && x > 0.0, "{f} in {d}");
+        }
+    }
+    assert_eq!(devs[0]["rec_no_memory"], devs[1]["rec_no_memory"]);
+    assert!(
+        devs[0]["f1"].is_null() && devs[0]["shuffled_f1"].is_null(),
+        "{}",
+        devs[0]
+    );
+    assert_eq!(devs[1]["questions"], 4, "{}", devs[1]);
+    assert!(
+        devs[1]["f1"].is_f64() && devs[1]["shuffled_f1"].is_f64(),
+        "{}",
+        devs[1]
+    );
+    assert!(
+        err.contains("step 2: dev L_rec") && err.contains("step 4: dev (4 questions)"),
+        "{err}"
+    );
+}

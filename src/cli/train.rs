@@ -42,6 +42,11 @@ pub struct TrainArgs {
     template: Option<String>,
     #[command(flatten)]
     arch: ArchArgs,
+    /// Fresh runs: standardise θ's hidden states per dimension before the compressor, with
+    /// the mean and standard deviation measured on the first N training documents and then
+    /// fixed in the checkpoint (0: off, the states are read raw).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    standardize_input: usize,
     /// Optimizer steps.
     #[arg(long, default_value_t = 1500)]
     steps: u64,
@@ -117,7 +122,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let path = model_arg::resolve(a.model.clone())?;
     let base = BaseLm::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let given = a.arch.given();
+    let mut given = a.arch.given();
+    if a.standardize_input > 0 {
+        given.push("--standardize-input");
+    }
     if !given.is_empty() && (a.resume || a.init.is_some()) {
         let from = if a.resume { "--resume" } else { "--init" };
         anyhow::bail!(
@@ -126,13 +134,35 @@ pub fn run(a: TrainArgs) -> Result<()> {
             given.join(", ")
         );
     }
+    let cache = match a.cache.as_deref() {
+        Some("none") => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(cmt_runtime::fetch::cmt_home().join("hidden-cache")),
+    };
     let ckpt = if a.resume {
         checkpoint::load(&a.out)
             .with_context(|| format!("--resume: reading {}", a.out.display()))?
     } else if let Some(init) = &a.init {
         checkpoint::load(init)?
     } else {
-        let cfg = a.arch.config(&base.model)?;
+        let mut cfg = a.arch.config(&base.model)?;
+        if a.standardize_input > 0 {
+            let data = read_dataset_auto(&a.data)?;
+            let stats = train::measure_input_stats(
+                &base,
+                &cfg,
+                &data,
+                a.standardize_input,
+                cache.as_deref(),
+            )
+            .context("--standardize-input: measuring θ's hidden states")?;
+            eprintln!(
+                "input statistics from {} rows of the first {} training documents",
+                stats.rows,
+                a.standardize_input.min(data.documents.len())
+            );
+            cfg.compressor.input_stats = Some(stats);
+        }
         let template = match &a.template {
             Some(t) => t.clone(),
             None => cmt_core::default_template(&path)?.to_string(),
@@ -167,11 +197,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
         rec_tokens: a.rec_tokens,
         pretrain_steps: a.pretrain_steps,
         seed: a.seed,
-    };
-    let cache = match a.cache.as_deref() {
-        Some("none") => None,
-        Some(p) => Some(PathBuf::from(p)),
-        None => Some(cmt_runtime::fetch::cmt_home().join("hidden-cache")),
     };
     let log_path = a.log.clone().unwrap_or_else(|| {
         let mut s = a.out.as_os_str().to_owned();
@@ -264,16 +289,21 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 record(serde_json::json!({ "kind": "step", "step": s }));
             }
             TrainEvent::Dev(d) => {
-                say(format!(
-                    "step {}: dev ({} questions) F1 {:.2} EM {:.2} recall@k {:.3}; shuffled F1 {:.2}  ({:.0} s)",
-                    d.step,
-                    d.questions,
-                    d.f1,
-                    d.em,
-                    d.recall_at_k.unwrap_or(f64::NAN),
-                    d.shuffled_f1,
-                    d.seconds
-                ));
+                let rec = format!(
+                    "L_rec {:.3} (other memories {:.3}, θ alone {:.3})",
+                    d.rec, d.rec_shuffled, d.rec_no_memory
+                );
+                say(match (d.f1, d.em, d.shuffled_f1) {
+                    (Some(f1), Some(em), Some(sh)) => format!(
+                        "step {}: dev ({} questions) F1 {f1:.2} EM {em:.2} recall@k {:.3}; \
+                         shuffled F1 {sh:.2}; {rec}  ({:.0} s)",
+                        d.step,
+                        d.questions,
+                        d.recall_at_k.unwrap_or(f64::NAN),
+                        d.seconds
+                    ),
+                    _ => format!("step {}: dev {rec}  ({:.0} s)", d.step, d.seconds),
+                });
                 record(serde_json::json!({ "kind": "dev", "dev": d }));
             }
             TrainEvent::Saved(s) => {

@@ -76,8 +76,19 @@ impl Compressor {
         self.run(docs)
     }
 
+    /// The hidden states the blocks read: standardised when the config has input
+    /// statistics (then owned), else the batch's own.
+    fn block_input(&self, docs: &DocBatch) -> Option<Vec<f32>> {
+        self.cfg.input_stats.as_ref().map(|s| s.apply(docs))
+    }
+
     fn run(&self, docs: &DocBatch) -> Result<(Compressed, Tape)> {
         self.check_batch(docs)?;
+        let owned = self.block_input(docs);
+        let docs = &DocBatch {
+            h: owned.as_deref().unwrap_or(docs.h),
+            ..*docs
+        };
         let cfg = &self.cfg;
         let (nd, t, d) = (docs.docs(), cfg.mem_tokens, cfg.d);
         let mut x: Vec<f32> = self.params.q0.repeat(nd);
@@ -194,23 +205,38 @@ impl Compressor {
             }
         }
 
+        let owned = self.block_input(docs);
+        let block_docs = DocBatch {
+            h: owned.as_deref().unwrap_or(docs.h),
+            ..*docs
+        };
+        // The blocks' gradient with respect to what they read; with input statistics
+        // dL/dh = dL/dh' ⊙ scale (the mean is a constant), applied after the accumulation,
+        // so it goes through a scratch buffer then.
         let mut dh_scratch;
-        let d_h = match d_h {
-            Some(b) => b,
-            None => {
+        let (d_block, d_caller) = match (d_h, &self.cfg.input_stats) {
+            (Some(b), None) => (b, None),
+            (caller, _) => {
                 dh_scratch = vec![0.0; docs.h.len()];
-                dh_scratch.as_mut_slice()
+                (dh_scratch.as_mut_slice(), caller)
             }
         };
         blocks::backward(
             cfg,
             &self.params.blocks,
-            docs,
+            &block_docs,
             &tape.stack,
             &mut dx,
             &mut grads.blocks,
-            d_h,
+            d_block,
         )?;
+        if let (Some(out), Some(stats)) = (d_caller, &self.cfg.input_stats) {
+            for (o, g) in out.chunks_exact_mut(d).zip(d_block.chunks_exact(d)) {
+                for ((o, &g), &sc) in o.iter_mut().zip(g).zip(&stats.scale) {
+                    *o += g * sc;
+                }
+            }
+        }
         for dxd in dx.chunks_exact(t * d) {
             grads.q0.iter_mut().zip(dxd).for_each(|(g, &v)| *g += v);
         }

@@ -1,5 +1,6 @@
 //! The compressor's hyper-parameters (DESIGN §1 steps 2–3).
 use crate::error::{Error, Result};
+use crate::input_stats::InputStats;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,6 +19,10 @@ pub struct CompressorConfig {
     pub key_dim: usize,
     /// RMSNorm epsilon.
     pub eps: f32,
+    /// Standardisation of the hidden states before the first block (absent: read raw, as
+    /// every checkpoint made before the option).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_stats: Option<InputStats>,
 }
 
 impl CompressorConfig {
@@ -37,6 +42,7 @@ impl CompressorConfig {
             mlp_hidden: 2 * d,
             key_dim: 128,
             eps: 1e-6,
+            input_stats: None,
         }
     }
 
@@ -62,6 +68,9 @@ impl CompressorConfig {
                 "eps must be positive and finite, got {}",
                 self.eps
             )));
+        }
+        if let Some(s) = &self.input_stats {
+            s.validate(self.d)?;
         }
         Ok(())
     }

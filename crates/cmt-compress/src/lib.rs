@@ -7,10 +7,12 @@ pub mod compressor;
 pub mod config;
 pub mod encode;
 pub mod error;
+pub mod input_stats;
 pub mod linalg;
 pub mod params;
 
 pub use compressor::{Compressed, Compressor, Tape};
 pub use config::CompressorConfig;
 pub use error::{Error, Result};
+pub use input_stats::InputStats;
 pub use params::{BlockParams, Params};

@@ -19,6 +19,7 @@ fn small_config() -> CompressorConfig {
         mlp_hidden: 10,
         key_dim: 5,
         eps: 1e-6,
+        input_stats: None,
     }
 }
 

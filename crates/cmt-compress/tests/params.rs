@@ -15,6 +15,7 @@ fn cfg() -> CompressorConfig {
         mlp_hidden: 5,
         key_dim: 4,
         eps: 1e-6,
+        input_stats: None,
     }
 }
 

@@ -119,8 +119,10 @@ impl CmtConfig {
 
     /// ψ's block stack, in the compressor's block shape (T query rows per question).
     pub fn aggregator_blocks_config(&self) -> CompressorConfig {
+        // ψ reads memories, not θ's hidden states: no input statistics.
         CompressorConfig {
             blocks: self.aggregator_blocks,
+            input_stats: None,
             ..self.compressor.clone()
         }
     }

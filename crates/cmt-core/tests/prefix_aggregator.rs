@@ -211,6 +211,7 @@ fn agg_cfg(d: usize, t: usize, heads: usize, blocks: usize) -> CompressorConfig 
         mlp_hidden: d + 2,
         key_dim: 4,
         eps: 1e-6,
+        input_stats: None,
     }
 }
 

@@ -357,6 +357,38 @@ pub fn loss(
     Ok(out)
 }
 
+/// L_rec without gradients, for evaluation: window `rec[i]` given only the prefix made from
+/// memory `memories[i]` (`[n, T, D]`), the mean over labelled tokens as in training.
+pub fn reconstruction_loss(
+    theta: &Model<CpuBackend>,
+    cfg: &CmtConfig,
+    params: &CmtParams,
+    memories: &[f32],
+    rec: &[Labelled],
+) -> Result<f64> {
+    let pdims = prefix_dims(cfg, &BaseDims::of(&theta.cfg));
+    let inj = Injected::forward(&pdims, &params.prefix, memories)?;
+    let (l, _, _) = theta_pass(theta, &pdims, rec, &inj, false)?;
+    Ok(l)
+}
+
+/// θ alone on the same windows (no prefix, no soft rows): what L_rec is measured against.
+pub fn no_memory_loss(theta: &Model<CpuBackend>, rec: &[Labelled]) -> Result<f64> {
+    let longest = rec.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+    let mut sess = theta.session(rec.len(), longest)?;
+    let ts: Vec<TrainSeq> = rec
+        .iter()
+        .map(|(ids, labels)| TrainSeq {
+            prefix: None,
+            soft: &[],
+            ids,
+            labels,
+        })
+        .collect();
+    let mut tape = Tape::default();
+    Ok(theta.forward_train(&mut sess, &ts, &mut tape)?)
+}
+
 /// G_ω's output for θ, with its tape: per-layer prefixes, or soft rows θ reads first.
 enum Injected {
     Kv(Vec<KvPrefix>, prefix::PrefixTape),

@@ -99,7 +99,7 @@ pub struct RunOptions {
 }
 
 /// One step's record (the JSONL log line).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct StepLog {
     /// 1-based optimizer step.
     pub step: u64,
@@ -141,14 +141,23 @@ pub struct DevLog {
     pub step: u64,
     /// Questions asked.
     pub questions: usize,
-    /// cmt: F1, EM, recall@k.
-    pub f1: f64,
-    /// EM.
-    pub em: f64,
+    /// cmt F1 (none during reconstruction pretraining, when L_qa has not been trained).
+    pub f1: Option<f64>,
+    /// cmt EM.
+    pub em: Option<f64>,
     /// recall@k of self-matching.
     pub recall_at_k: Option<f64>,
     /// cmt-shuffled F1 (the same prefix path, random other memories).
-    pub shuffled_f1: f64,
+    pub shuffled_f1: Option<f64>,
+    /// L_rec of the dev documents (their first `rec_tokens` tokens, each given the prefix
+    /// of its own memory): below `rec_no_memory` only if memories of unseen documents
+    /// carry their content.
+    pub rec: f64,
+    /// The same windows, each given the prefix of another dev document's memory (the next
+    /// one, cyclically): what the prefix path gives whatever memory it reads.
+    pub rec_shuffled: f64,
+    /// θ alone on the same windows.
+    pub rec_no_memory: f64,
     /// Seconds of the evaluation.
     pub seconds: f64,
 }
@@ -241,6 +250,10 @@ pub fn train(
     };
     let mut caches = Caches::open(model, run.cache.as_deref())?;
     let dev = dev.map(|d| d.clone().limit_docs(run.eval_docs));
+    let dev_rec = match &dev {
+        Some(d) if run.eval_every > 0 => Some(DevRec::new(model, d, traj.rec_tokens)?),
+        _ => None,
+    };
     while st.step < traj.steps {
         let t0 = Instant::now();
         let lr_step = st.step + 1;
@@ -363,9 +376,10 @@ pub fn train(
 
         let step = st.step;
         let done = step == traj.steps;
-        if let Some(dev) = &dev {
-            if run.eval_every > 0 && (step.is_multiple_of(run.eval_every) || done) {
-                let d = dev_eval(model, dev, step)?;
+        if let (Some(dev), Some(dev_rec)) = (&dev, &dev_rec) {
+            if step.is_multiple_of(run.eval_every) || done {
+                let qa_trained = step > traj.pretrain_steps;
+                let d = dev_eval(model, dev, dev_rec, &mut caches, step, qa_trained)?;
                 on_event(TrainEvent::Dev(&d));
             }
         }
@@ -409,29 +423,102 @@ fn takes_decay(name: &str) -> bool {
     !(name.contains("norm") || name.ends_with("bias") || name == "tau.log" || name.contains(".g_"))
 }
 
-/// The dev subset through the eval harness: cmt and cmt-shuffled.
-fn dev_eval(model: &CmtModel, dev: &Dataset, step: u64) -> Result<DevLog> {
+/// The dev subset's reconstruction windows: each document's first `rec_tokens` tokens, and
+/// θ's loss on them without memory (computed once).
+struct DevRec {
+    docs: Vec<TrainDoc>,
+    windows: Vec<objective::Labelled>,
+    no_memory: f64,
+}
+
+impl DevRec {
+    fn new(model: &CmtModel, dev: &Dataset, rec_tokens: usize) -> Result<DevRec> {
+        let (docs, _) = prepare(model, dev)?;
+        let windows: Vec<objective::Labelled> = docs
+            .iter()
+            .map(|d| {
+                let ids = d.ids[..d.ids.len().min(rec_tokens.max(2))].to_vec();
+                let labels = ids.iter().map(|&t| t as i32).collect();
+                (ids, labels)
+            })
+            .collect();
+        if windows.is_empty() {
+            return Err(Error::Invalid(
+                "--dev: no document of the evaluation subset has a usable question".into(),
+            ));
+        }
+        let no_memory = objective::no_memory_loss(&model.base.model, &windows)?;
+        Ok(DevRec {
+            docs,
+            windows,
+            no_memory,
+        })
+    }
+}
+
+/// The dev subset: dev L_rec, and once L_qa is trained, cmt and cmt-shuffled through the
+/// eval harness.
+fn dev_eval(
+    model: &CmtModel,
+    dev: &Dataset,
+    rec: &DevRec,
+    caches: &mut Caches,
+    step: u64,
+    qa_trained: bool,
+) -> Result<DevLog> {
     let t = Instant::now();
-    let engine = Engine::Cmt(model);
-    let run = |method| {
-        let opts = EvalOptions {
-            method,
-            retention_every: usize::MAX,
-            ..EvalOptions::default()
-        };
-        eval::evaluate(&engine, dev, &[], &opts, |_| {})
+    let mut scratch = StepLog::default();
+    let all: Vec<usize> = (0..rec.docs.len()).collect();
+    let h = caches.encode_docs(model, &rec.docs, &all, &mut scratch)?;
+    let c = model.params().compressor.forward(&h.doc_batch())?;
+    let rec_with = |memories: &[f32]| {
+        objective::reconstruction_loss(
+            &model.base.model,
+            model.cfg(),
+            model.params(),
+            memories,
+            &rec.windows,
+        )
     };
-    let cmt = run(Method::Cmt)?;
-    let shuffled = run(Method::CmtShuffled)?;
-    Ok(DevLog {
+    let rec_loss = rec_with(&c.memories)?;
+    // Document i reads the memory of document i + 1 (mod n): with one document this is its
+    // own memory again, so the control needs at least two.
+    let td = c.memories.len() / rec.docs.len();
+    let mut rotated = c.memories[td..].to_vec();
+    rotated.extend_from_slice(&c.memories[..td]);
+    let rec_shuffled = rec_with(&rotated)?;
+    let mut log = DevLog {
         step,
-        questions: cmt.summary.n_questions,
-        f1: cmt.summary.f1,
-        em: cmt.summary.em,
-        recall_at_k: cmt.summary.recall_at_k,
-        shuffled_f1: shuffled.summary.f1,
-        seconds: t.elapsed().as_secs_f64(),
-    })
+        questions: 0,
+        f1: None,
+        em: None,
+        recall_at_k: None,
+        shuffled_f1: None,
+        rec: rec_loss,
+        rec_shuffled,
+        rec_no_memory: rec.no_memory,
+        seconds: 0.0,
+    };
+    if qa_trained {
+        let engine = Engine::Cmt(model);
+        let run = |method| {
+            let opts = EvalOptions {
+                method,
+                retention_every: usize::MAX,
+                ..EvalOptions::default()
+            };
+            eval::evaluate(&engine, dev, &[], &opts, |_| {})
+        };
+        let cmt = run(Method::Cmt)?;
+        let shuffled = run(Method::CmtShuffled)?;
+        log.questions = cmt.summary.n_questions;
+        log.f1 = Some(cmt.summary.f1);
+        log.em = Some(cmt.summary.em);
+        log.recall_at_k = cmt.summary.recall_at_k;
+        log.shuffled_f1 = Some(shuffled.summary.f1);
+    }
+    log.seconds = t.elapsed().as_secs_f64();
+    Ok(log)
 }
 
 /// The document and question hidden-state caches (or none).
