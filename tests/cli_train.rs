@@ -241,8 +241,17 @@ fn soft_prefix_mode_trains_resumes_and_answers() {
 fn dev_evaluation_logs_reconstruction_and_answers() {
     let (dir, model, data) = tiny_setup();
     let out_path = dir.path().join("d.safetensors");
-    let out = train_cmd(&model, &data, &out_path)
-        .args(["--pretrain-steps", "2", "--dev"])
+    let out = cmt()
+        .args(["train", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out_path)
+        .args(["--steps", "4", "--batch-docs", "2", "--queue", "2"])
+        .args(["--mem-tokens", "4", "--key-dim", "16", "--prefix-rank", "4"])
+        .args(["--topk", "2", "--standardize-input", "3", "--cache", "none"])
+        .args(["--save-every", "0", "--pretrain-steps", "2", "--dev"])
         .arg(&data)
         .args(["--eval-every", "2", "--eval-docs", "3"])
         .output()
@@ -279,4 +288,27 @@ fn dev_evaluation_logs_reconstruction_and_answers() {
         err.contains("step 2: dev L_rec") && err.contains("step 4: dev (4 questions)"),
         "{err}"
     );
+    assert!(err.contains("input statistics from"), "{err}");
+
+    // The statistics are in the checkpoint's config (16 = the tiny model's width), and a
+    // continued run refuses to re-measure them.
+    let show = ok(
+        cmt()
+            .args(["checkpoint", "show", "--json"])
+            .arg(&out_path)
+            .output()
+            .unwrap(),
+        "show",
+    );
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+    let stats = &v["config"]["compressor"]["input_stats"];
+    assert_eq!(stats["scale"].as_array().map(Vec::len), Some(16), "{v}");
+    assert!(stats["rows"].as_u64().unwrap_or(0) > 0, "{v}");
+    let out = resume_cmd(&model, &data, &out_path)
+        .args(["--resume", "--standardize-input", "3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--standardize-input"), "{err}");
 }
