@@ -21,6 +21,7 @@ fn tiny_cfg() -> ModelConfig {
         vocab: 40,
         rms_eps: 1e-5,
         rope_theta: 10_000.0,
+        rope_scaling: Default::default(),
         tie_embeddings: false,
         qkv_bias: false,
         max_positions: 64,
