@@ -218,3 +218,71 @@ impl RopeScaling {
         matches(&fit).then_some(fit)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RopeScaling;
+
+    /// Llama 3.1 8B's rotary: θ = 500000, head_dim 128.
+    const LLAMA31: RopeScaling = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192,
+    };
+
+    #[test]
+    fn default_inv_freq_is_the_old_expression_bit_for_bit() {
+        for (hd, theta) in [(64, 10_000.0f32), (128, 500_000.0), (6, 1e6)] {
+            let old: Vec<f32> = (0..hd / 2)
+                .map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32))
+                .collect();
+            assert_eq!(RopeScaling::None.inv_freq(hd, theta), old);
+        }
+    }
+
+    #[test]
+    fn llama3_regions_and_blend() {
+        let base = RopeScaling::None.inv_freq(128, 500_000.0);
+        let got = LLAMA31.inv_freq(128, 500_000.0);
+        let (mut kept, mut divided, mut blended) = (0, 0, 0);
+        for (b, g) in base.iter().zip(&got) {
+            let wavelen = std::f64::consts::TAU / *b as f64;
+            let want = if wavelen < 2048.0 {
+                kept += 1;
+                *b as f64
+            } else if wavelen > 8192.0 {
+                divided += 1;
+                *b as f64 / 8.0
+            } else {
+                blended += 1;
+                let s = (8192.0 / wavelen - 1.0) / 3.0;
+                (1.0 - s) * *b as f64 / 8.0 + s * *b as f64
+            };
+            assert!((*g as f64 - want).abs() <= 1e-6 * want, "{g} vs {want}");
+        }
+        assert!(
+            kept > 0 && divided > 0 && blended >= 2,
+            "{kept} {divided} {blended}"
+        );
+    }
+
+    #[test]
+    fn llama3_divisors_are_recognised_and_others_are_not() {
+        let base = RopeScaling::None.inv_freq(128, 500_000.0);
+        let scaled = LLAMA31.inv_freq(128, 500_000.0);
+        let d: Vec<f32> = base.iter().zip(&scaled).map(|(b, s)| b / s).collect();
+        let fit = RopeScaling::Divisors(d.clone()).divisors_as_llama3(128, 500_000.0);
+        assert_eq!(fit, Some(LLAMA31));
+        let ones = RopeScaling::Divisors(vec![1.0; 64]);
+        assert_eq!(
+            ones.divisors_as_llama3(128, 500_000.0),
+            Some(RopeScaling::None)
+        );
+        let mut odd = d;
+        odd[3] *= 1.5;
+        let odd = RopeScaling::Divisors(odd);
+        assert_eq!(odd.divisors_as_llama3(128, 500_000.0), None);
+        assert!(odd.to_hf_json(128, 500_000.0).is_err());
+    }
+}
