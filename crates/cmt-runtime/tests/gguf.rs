@@ -423,6 +423,11 @@ fn gguf_rope_scaling_refusals_name_the_key() {
             "none",
         ),
         (
+            Box::new(|w| w.meta("llama.rope.scaling.factor", Meta::F32(-4.0))),
+            "llama.rope.scaling.factor",
+            "-4",
+        ),
+        (
             Box::new(|w| {
                 w.tensor("rope_freqs.weight", &[4], Ty::F32, &[1.0; 4]);
             }),

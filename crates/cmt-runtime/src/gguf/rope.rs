@@ -44,6 +44,15 @@ pub(super) fn rope_scaling(f: &GgufFile, arch: &str) -> Result<RopeScaling> {
             .map(|x| (x, "rope.scale_linear")),
     }
     .filter(|&(x, _)| x != 1.0);
+    if let Some((x, k)) = factor {
+        if !(x > 0.0 && x.is_finite()) {
+            return Err(Error::config(
+                &f.path,
+                &key(k),
+                format!("{x} is not a positive number"),
+            ));
+        }
+    }
     let scaling = match (kind, factor) {
         (None | Some("linear"), Some((factor, _))) => RopeScaling::Linear { factor },
         (None | Some("linear") | Some("none"), None) => RopeScaling::None,
