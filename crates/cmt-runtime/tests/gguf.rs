@@ -484,8 +484,7 @@ fn convert_refuses_divisors_config_json_cannot_express() {
     assert_scaled_reference(&logits_of(&model, &ids), &cfg, &stored, &ids);
     let out = d.path().join("hf");
     let e = cmt_runtime::convert::gguf_to_hf(&path, &out)
-        .err()
-        .expect("convert refuses")
+        .expect_err("convert refuses")
         .to_string();
     assert!(
         e.contains("model.gguf") && e.contains("rope_freqs.weight"),
