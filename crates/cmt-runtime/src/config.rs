@@ -1,5 +1,7 @@
 //! Model hyper-parameters, read from an HF `config.json` or from GGUF metadata.
+mod rope_hf;
 use crate::error::{Error, Result};
+use crate::rope::RopeScaling;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -43,6 +45,9 @@ pub struct ModelConfig {
     pub vocab: usize,
     pub rms_eps: f32,
     pub rope_theta: f32,
+    /// Rotary frequency scaling (`rope_scaling` / `rope_parameters`, GGUF `rope.scaling.*`
+    /// or `rope_freqs.weight`); [`RopeScaling::None`] for HF's default rotary.
+    pub rope_scaling: RopeScaling,
     pub tie_embeddings: bool,
     /// q/k/v projections carry a bias (Qwen2, or Llama with `attention_bias`).
     pub qkv_bias: bool,
@@ -95,7 +100,7 @@ impl ModelConfig {
                 format!("{} is not a positive number", self.rope_theta),
             );
         }
-        Ok(())
+        self.rope_scaling.validate(src, self.head_dim)
     }
 
     pub fn q_dim(&self) -> usize {
@@ -143,23 +148,9 @@ impl ModelConfig {
                 format!("`{model_type}` is not supported (llama, mistral, qwen2 are)"),
             )
         })?;
-        if let Some(rs) = v.get("rope_scaling").filter(|x| !x.is_null()) {
-            return Err(Error::config(
-                path,
-                "rope_scaling",
-                format!("rope scaling is not supported yet ({rs})"),
-            ));
-        }
+        let rope = rope_hf::parse(path, &v)?;
         let hidden = need("hidden_size")?;
         let heads = need("num_attention_heads")?;
-        let rope_theta = match get_f64("rope_theta")? {
-            Some(t) => t,
-            None => v
-                .get("rope_parameters")
-                .and_then(|r| r.get("rope_theta"))
-                .and_then(|t| t.as_f64())
-                .unwrap_or(10_000.0),
-        };
         let eos_tokens = match v.get("eos_token_id") {
             Some(serde_json::Value::Array(a)) => a
                 .iter()
@@ -181,7 +172,8 @@ impl ModelConfig {
             head_dim: get_usize("head_dim")?.unwrap_or(hidden.checked_div(heads).unwrap_or(0)),
             vocab: need("vocab_size")?,
             rms_eps: get_f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
-            rope_theta: rope_theta as f32,
+            rope_theta: rope.theta.unwrap_or(10_000.0) as f32,
+            rope_scaling: rope.scaling,
             tie_embeddings: bool_field("tie_word_embeddings", false),
             qkv_bias: arch == Arch::Qwen2 || bool_field("attention_bias", false),
             max_positions: get_usize("max_position_embeddings")?.unwrap_or(4096),
@@ -192,8 +184,9 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// The HF `config.json` for this model, as `cmt convert` writes it.
-    pub fn to_hf_json(&self) -> serde_json::Value {
+    /// The HF `config.json` for this model, as `cmt convert` writes it (rotary scaling as a
+    /// top-level `rope_scaling`). An error only for rotary scaling with no config.json form.
+    pub fn to_hf_json(&self) -> Result<serde_json::Value> {
         let arch_class = match self.arch {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Mistral => "MistralForCausalLM",
@@ -223,6 +216,12 @@ impl ModelConfig {
         if self.arch != Arch::Qwen2 {
             v["attention_bias"] = self.qkv_bias.into();
         }
-        v
+        if let Some(rs) = self
+            .rope_scaling
+            .to_hf_json(self.head_dim, self.rope_theta)?
+        {
+            v["rope_scaling"] = rs;
+        }
+        Ok(v)
     }
 }

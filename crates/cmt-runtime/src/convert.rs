@@ -40,6 +40,10 @@ pub fn hf_tensor_shapes(cfg: &crate::ModelConfig) -> Vec<(String, Vec<usize>)> {
 pub fn gguf_to_hf(gguf: &Path, out_dir: &Path) -> Result<()> {
     let g = GgufFile::open(gguf)?;
     let cfg = g.model_config()?;
+    // Before anything is written: a config with no config.json form leaves no directory.
+    let hf = cfg
+        .to_hf_json()
+        .map_err(|e| Error::Invalid(format!("{}: {e}", gguf.display())))?;
     let tok = g.tokenizer()?;
     let src = GgufSource {
         file: &g,
@@ -71,7 +75,7 @@ pub fn gguf_to_hf(gguf: &Path, out_dir: &Path) -> Result<()> {
         msg: format!("writing safetensors: {e}"),
     })?;
     let cfg_path = out_dir.join("config.json");
-    let json = serde_json::to_string_pretty(&cfg.to_hf_json()).expect("config serialises");
+    let json = serde_json::to_string_pretty(&hf).expect("config serialises");
     std::fs::write(&cfg_path, json).map_err(|e| Error::io(&cfg_path, e))?;
     tok.save(&out_dir.join("tokenizer.json"))
 }

@@ -81,7 +81,13 @@ pub struct Model<B: Backend> {
 
 impl<B: Backend> Model<B> {
     pub fn new(cfg: ModelConfig, backend: B, weights: Weights<B>) -> Result<Self> {
-        let rope = RopeTable::new(&backend, cfg.head_dim, cfg.rope_theta, cfg.max_positions)?;
+        let rope = RopeTable::scaled(
+            &backend,
+            cfg.head_dim,
+            cfg.rope_theta,
+            &cfg.rope_scaling,
+            cfg.max_positions,
+        )?;
         Ok(Model {
             cfg,
             backend,

@@ -21,6 +21,7 @@ fn tiny_cfg() -> ModelConfig {
         vocab: 40,
         rms_eps: 1e-5,
         rope_theta: 10_000.0,
+        rope_scaling: Default::default(),
         tie_embeddings: false,
         qkv_bias: false,
         max_positions: 64,
@@ -47,6 +48,15 @@ fn permute(w: &[f32], heads: usize, rows: usize, cols: usize) -> Vec<f32> {
 /// A tiny llama GGUF whose matrices cycle through all tensor types. Returns the file bytes
 /// and the weights as the file holds them, in HF layout (the reference's input).
 fn tiny_gguf(cfg: &ModelConfig, seed: u64) -> (Vec<u8>, MapSource) {
+    tiny_gguf_with(cfg, seed, |_| {})
+}
+
+/// `tiny_gguf` with more metadata or tensors added by `extra`.
+fn tiny_gguf_with(
+    cfg: &ModelConfig,
+    seed: u64,
+    extra: impl FnOnce(&mut Writer),
+) -> (Vec<u8>, MapSource) {
     let mut rng = common::tiny::Rng(seed);
     let mut w = Writer::new();
     let a = "llama";
@@ -114,6 +124,7 @@ fn tiny_gguf(cfg: &ModelConfig, seed: u64) -> (Vec<u8>, MapSource) {
         w.tensor(&gname, &shape, ty, &on_disk);
         hf.insert(name, (shape, stored));
     }
+    extra(&mut w);
     (w.to_bytes(), MapSource(hf))
 }
 
@@ -284,4 +295,200 @@ fn not_a_model_is_a_clear_error() {
         .unwrap()
         .to_string();
     assert!(e.contains("missing.gguf"), "{e}");
+}
+
+/// `cfg` with rotary scaling, and ids long enough (60 of 64 positions) for it to matter.
+fn scaled_cfg(scaling: cmt_runtime::RopeScaling) -> (ModelConfig, Vec<u32>) {
+    let cfg = ModelConfig {
+        rope_scaling: scaling,
+        ..tiny_cfg()
+    };
+    let ids = (0..60u32).map(|i| (i * 7 + 3) % cfg.vocab as u32).collect();
+    (cfg, ids)
+}
+
+fn logits_of(model: &cmt_runtime::Model<CpuBackend>, ids: &[u32]) -> Vec<f32> {
+    let mut sess = model.session(1, ids.len()).unwrap();
+    model
+        .forward(&mut sess, &[SeqInput::tokens(0, ids)], Logits::All, None)
+        .unwrap()
+        .to_vec()
+}
+
+/// Checks the runtime against the f64 reference with `cfg`'s scaling, and that the same
+/// reference without scaling is far off (so the check can fail).
+fn assert_scaled_reference(got: &[f32], cfg: &ModelConfig, w: &MapSource, ids: &[u32]) {
+    assert_close(got, &reference_logits(cfg, w, None, &[], ids), "scaled");
+    let plain = ModelConfig {
+        rope_scaling: Default::default(),
+        ..cfg.clone()
+    };
+    let off = reference_logits(&plain, w, None, &[], ids)
+        .iter()
+        .zip(got)
+        .map(|(a, b)| (a - *b as f64).abs())
+        .fold(0.0, f64::max);
+    assert!(off > 1e-2, "unscaled reference only {off} away");
+}
+
+#[test]
+fn gguf_linear_rope_scaling_applies_and_converts() {
+    let (cfg, ids) = scaled_cfg(cmt_runtime::RopeScaling::Linear { factor: 4.0 });
+    let (bytes, stored) = tiny_gguf_with(&cfg, 21, |w| {
+        w.meta("llama.rope.scaling.type", Meta::Str("linear".into()));
+        w.meta("llama.rope.scaling.factor", Meta::F32(4.0));
+    });
+    let (d, path) = write_tmp(&bytes);
+    let (model, _) = cmt_runtime::load_model(&path, CpuBackend).unwrap();
+    assert_eq!(model.cfg, cfg);
+    let got = logits_of(&model, &ids);
+    assert_scaled_reference(&got, &cfg, &stored, &ids);
+    let out = d.path().join("hf");
+    cmt_runtime::convert::gguf_to_hf(&path, &out).unwrap();
+    let (hf, _) = cmt_runtime::load_model(&out, CpuBackend).unwrap();
+    assert_eq!(hf.cfg, cfg, "convert keeps the scaling");
+    assert_eq!(logits_of(&hf, &ids), got);
+}
+
+/// llama.cpp's converter: Llama-3 scaling as per-frequency divisors, computed in f64 from
+/// the f32 default frequencies.
+fn llama3_divisors(hd: usize, theta: f32, factor: f64, lo: f64, hi: f64, old: f64) -> Vec<f32> {
+    (0..hd / 2)
+        .map(|i| {
+            let f = (1.0 / theta.powf((2 * i) as f32 / hd as f32)) as f64;
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen < old / hi {
+                1.0
+            } else if wavelen > old / lo {
+                factor as f32
+            } else {
+                let s = (old / wavelen - lo) / (hi - lo);
+                (1.0 / ((1.0 - s) / factor + s)) as f32
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn gguf_rope_freqs_apply_as_divisors_and_convert_as_llama3() {
+    let llama3 = cmt_runtime::RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 64,
+    };
+    let divisors = llama3_divisors(16, 10_000.0, 8.0, 1.0, 4.0, 64.0);
+    assert!(divisors.iter().filter(|&&d| d != 1.0 && d != 8.0).count() >= 2);
+    let (cfg, ids) = scaled_cfg(cmt_runtime::RopeScaling::Divisors(divisors.clone()));
+    let (bytes, stored) = tiny_gguf_with(&cfg, 23, |w| {
+        w.tensor("rope_freqs.weight", &[8], Ty::F32, &divisors);
+    });
+    let (d, path) = write_tmp(&bytes);
+    let (model, _) = cmt_runtime::load_model(&path, CpuBackend).unwrap();
+    assert_eq!(model.cfg, cfg, "rope_freqs.weight read as divisors");
+    let got = logits_of(&model, &ids);
+    let as_llama3 = ModelConfig {
+        rope_scaling: llama3.clone(),
+        ..cfg.clone()
+    };
+    assert_scaled_reference(&got, &as_llama3, &stored, &ids);
+    let out = d.path().join("hf");
+    cmt_runtime::convert::gguf_to_hf(&path, &out).unwrap();
+    let (hf, _) = cmt_runtime::load_model(&out, CpuBackend).unwrap();
+    assert_eq!(hf.cfg, as_llama3, "converted as the llama3 parameters");
+    let diff = common::max_abs_diff(&logits_of(&hf, &ids), &got);
+    assert!(diff < 1e-5, "converted model's logits moved by {diff}");
+}
+
+#[test]
+fn gguf_rope_scaling_refusals_name_the_key() {
+    type Extra = Box<dyn FnOnce(&mut Writer)>;
+    let cases: Vec<(Extra, &str, &str)> = vec![
+        (
+            Box::new(|w| w.meta("llama.rope.scaling.type", Meta::Str("yarn".into()))),
+            "llama.rope.scaling.type",
+            "yarn",
+        ),
+        (
+            Box::new(|w| w.meta("llama.rope.scaling.attn_factor", Meta::F32(0.5))),
+            "llama.rope.scaling.attn_factor",
+            "0.5",
+        ),
+        (
+            Box::new(|w| {
+                w.meta("llama.rope.scaling.type", Meta::Str("none".into()));
+                w.meta("llama.rope.scaling.factor", Meta::F32(2.0));
+            }),
+            "llama.rope.scaling.factor",
+            "none",
+        ),
+        (
+            Box::new(|w| w.meta("llama.rope.scaling.factor", Meta::F32(-4.0))),
+            "llama.rope.scaling.factor",
+            "-4",
+        ),
+        (
+            Box::new(|w| {
+                w.tensor("rope_freqs.weight", &[4], Ty::F32, &[1.0; 4]);
+            }),
+            "rope_freqs.weight",
+            "4 values",
+        ),
+        (
+            Box::new(|w| {
+                w.tensor(
+                    "rope_freqs.weight",
+                    &[8],
+                    Ty::F32,
+                    &[1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                );
+            }),
+            "rope_freqs.weight",
+            "not a positive",
+        ),
+        (
+            Box::new(|w| {
+                w.meta("llama.rope.scaling.factor", Meta::F32(2.0));
+                w.tensor("rope_freqs.weight", &[8], Ty::F32, &[1.0; 8]);
+            }),
+            "rope_freqs.weight",
+            "linear",
+        ),
+    ];
+    for (extra, key, word) in cases {
+        let (bytes, _) = tiny_gguf_with(&tiny_cfg(), 3, extra);
+        let (_d, path) = write_tmp(&bytes);
+        let e = cmt_runtime::load_model(&path, CpuBackend)
+            .err()
+            .unwrap_or_else(|| panic!("{key}: accepted"))
+            .to_string();
+        eprintln!("{e}");
+        assert!(
+            e.contains("model.gguf") && e.contains(key) && e.contains(word),
+            "{e}"
+        );
+    }
+}
+
+/// Divisors that are not Llama-3 scaling run as given, but `cmt convert` refuses them
+/// (config.json cannot say them) and writes nothing.
+#[test]
+fn convert_refuses_divisors_config_json_cannot_express() {
+    let divisors = [1.0, 3.0, 1.5, 2.0, 7.0, 1.0, 2.0, 5.0];
+    let (cfg, ids) = scaled_cfg(cmt_runtime::RopeScaling::Divisors(divisors.to_vec()));
+    let (bytes, stored) = tiny_gguf_with(&cfg, 29, |w| {
+        w.tensor("rope_freqs.weight", &[8], Ty::F32, &divisors);
+    });
+    let (d, path) = write_tmp(&bytes);
+    let (model, _) = cmt_runtime::load_model(&path, CpuBackend).unwrap();
+    assert_scaled_reference(&logits_of(&model, &ids), &cfg, &stored, &ids);
+    let out = d.path().join("hf");
+    let e = cmt_runtime::convert::gguf_to_hf(&path, &out)
+        .expect_err("convert refuses")
+        .to_string();
+    assert!(
+        e.contains("model.gguf") && e.contains("rope_freqs.weight"),
+        "{e}"
+    );
+    assert!(!out.exists(), "nothing written");
 }

@@ -18,7 +18,11 @@ fn write_hf_dir(
     dtype: Dtype,
     shards: usize,
 ) -> MapSource {
-    std::fs::write(dir.join("config.json"), cfg.to_hf_json().to_string()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.to_hf_json().unwrap().to_string(),
+    )
+    .unwrap();
     let mut names: Vec<&String> = src.0.keys().collect();
     names.sort();
     let mut rounded = std::collections::HashMap::new();

@@ -51,6 +51,7 @@ pub fn tiny_model(seed: u64) -> Model<CpuBackend> {
         vocab: 61,
         rms_eps: 1e-5,
         rope_theta: 10_000.0,
+        rope_scaling: Default::default(),
         tie_embeddings: true,
         qkv_bias: false,
         max_positions: 64,

@@ -35,6 +35,7 @@ pub fn tiny_config(hidden: usize) -> ModelConfig {
         vocab: VOCAB,
         rms_eps: 1e-5,
         rope_theta: 10_000.0,
+        rope_scaling: Default::default(),
         tie_embeddings: true,
         qkv_bias: false,
         max_positions: 2048,
@@ -98,7 +99,7 @@ pub fn write_tiny_model(dir: &Path, hidden: usize, seed: u64) -> PathBuf {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(
         out.join("config.json"),
-        serde_json::to_string_pretty(&cfg.to_hf_json()).unwrap(),
+        serde_json::to_string_pretty(&cfg.to_hf_json().unwrap()).unwrap(),
     )
     .unwrap();
     std::fs::write(out.join("tokenizer.json"), tokenizer_json().to_string()).unwrap();

@@ -6,6 +6,7 @@ pub mod cpu;
 pub use cpu::CpuBackend;
 
 use crate::error::Result;
+use crate::rope::RopeScaling;
 
 /// One sequence of a batch, as the attention ops see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,10 +129,20 @@ pub struct RopeTable<B: Backend + ?Sized> {
 impl<B: Backend> RopeTable<B> {
     /// HF's default rotary: inv_freq[i] = θ^(−2i/d), angle = pos · inv_freq[i], in f32.
     pub fn new(backend: &B, head_dim: usize, theta: f32, max_pos: usize) -> Result<Self> {
+        Self::scaled(backend, head_dim, theta, &RopeScaling::None, max_pos)
+    }
+
+    /// Rotary with the inverse frequencies of `scaling` (see [`RopeScaling::inv_freq`]);
+    /// angle = pos · inv_freq[i] in f32, as HF computes it.
+    pub fn scaled(
+        backend: &B,
+        head_dim: usize,
+        theta: f32,
+        scaling: &RopeScaling,
+        max_pos: usize,
+    ) -> Result<Self> {
         let half = head_dim / 2;
-        let inv: Vec<f32> = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
-            .collect();
+        let inv = scaling.inv_freq(head_dim, theta);
         let mut cos = Vec::with_capacity(max_pos * half);
         let mut sin = Vec::with_capacity(max_pos * half);
         for p in 0..max_pos {

@@ -74,6 +74,7 @@ pub(super) fn model_config(f: &GgufFile) -> Result<ModelConfig> {
         vocab,
         rms_eps: float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f32,
         rope_theta: float("rope.freq_base")?.unwrap_or(10_000.0) as f32,
+        rope_scaling: super::rope::rope_scaling(f, &arch_name)?,
         tie_embeddings: f.tensor("output.weight").is_none(),
         qkv_bias: f.tensor("blk.0.attn_q.bias").is_some(),
         max_positions: uint("context_length")?.unwrap_or(4096),

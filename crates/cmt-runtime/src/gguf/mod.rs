@@ -8,6 +8,7 @@ mod config;
 mod quant;
 mod quant_k;
 mod reader;
+mod rope;
 mod tokenizer;
 
 pub use quant::{dequantize, GgmlType};

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 use cmt_runtime::backend::CpuBackend;
 use cmt_runtime::weights::{TensorSource, Weights};
-use cmt_runtime::{Arch, KvPrefix, Model, ModelConfig, Result};
+use cmt_runtime::{Arch, KvPrefix, Model, ModelConfig, Result, RopeScaling};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -56,6 +56,7 @@ pub fn tiny_config(
         vocab: 37,
         rms_eps: 1e-5,
         rope_theta: 10_000.0,
+        rope_scaling: Default::default(),
         tie_embeddings: tie,
         qkv_bias,
         max_positions: 64,
@@ -77,6 +78,37 @@ pub fn tiny_weights(cfg: &ModelConfig, seed: u64) -> MapSource {
         m.insert(name, (shape, v));
     }
     MapSource(m)
+}
+
+/// HF's rotary inverse frequencies in f64, scaling included (the equations of transformers'
+/// `_compute_linear_scaling_rope_parameters` / `_compute_llama3_parameters`).
+pub fn inv_freq_f64(cfg: &ModelConfig) -> Vec<f64> {
+    let hd = cfg.head_dim;
+    let base = (0..hd / 2).map(|i| 1.0 / (cfg.rope_theta as f64).powf(2.0 * i as f64 / hd as f64));
+    match &cfg.rope_scaling {
+        RopeScaling::None => base.collect(),
+        RopeScaling::Linear { factor } => base.map(|f| f / factor).collect(),
+        RopeScaling::Divisors(d) => base.zip(d).map(|(f, &d)| f / d as f64).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: lo,
+            high_freq_factor: hi,
+            original_max_position_embeddings: old,
+        } => base
+            .map(|f| {
+                let wavelen = 2.0 * std::f64::consts::PI / f;
+                let old = *old as f64;
+                if wavelen < old / hi {
+                    f
+                } else if wavelen > old / lo {
+                    f / factor
+                } else {
+                    let s = (old / wavelen - lo) / (hi - lo);
+                    (1.0 - s) * f / factor + s * f
+                }
+            })
+            .collect(),
+    }
 }
 
 /// The HF equations, one sequence, f64, written for clarity rather than speed.
@@ -130,11 +162,11 @@ pub fn reference_logits_f64(
             })
             .collect()
     };
+    let inv = inv_freq_f64(cfg);
     let rope = |v: &mut [f64], pos: usize| {
         let half = hd / 2;
         for h in v.chunks_mut(hd) {
-            for i in 0..half {
-                let f = 1.0 / (cfg.rope_theta as f64).powf(2.0 * i as f64 / hd as f64);
+            for (i, &f) in inv.iter().enumerate() {
                 let (c, s) = ((pos as f64 * f).cos(), (pos as f64 * f).sin());
                 let (a, b) = (h[i], h[i + half]);
                 h[i] = a * c - b * s;
