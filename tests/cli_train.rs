@@ -311,4 +311,29 @@ fn dev_evaluation_logs_reconstruction_and_answers() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--standardize-input"), "{err}");
+
+    // A run from --init into a folder that does not exist yet keeps the statistics.
+    let next = dir.path().join("chain").join("e.safetensors");
+    let mut c = cmt();
+    c.args(["train", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--init")
+        .arg(&out_path)
+        .arg("--out")
+        .arg(&next)
+        .args(["--steps", "1", "--batch-docs", "2", "--queue", "2"])
+        .args(["--eval-every", "0", "--save-every", "0", "--cache", "none"]);
+    ok(c.output().unwrap(), "run from --init into a new folder");
+    let show = ok(
+        cmt()
+            .args(["checkpoint", "show", "--json"])
+            .arg(&next)
+            .output()
+            .unwrap(),
+        "show",
+    );
+    let w: serde_json::Value = serde_json::from_str(&show).unwrap();
+    assert_eq!(w["config"]["compressor"]["input_stats"], *stats);
 }

@@ -139,6 +139,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Some(p) => Some(PathBuf::from(p)),
         None => Some(cmt_runtime::fetch::cmt_home().join("hidden-cache")),
     };
+    // A fresh run or one from --init writes into a folder that may not exist yet.
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let ckpt = if a.resume {
         checkpoint::load(&a.out)
             .with_context(|| format!("--resume: reading {}", a.out.display()))?
@@ -167,9 +171,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
             Some(t) => t.clone(),
             None => cmt_core::default_template(&path)?.to_string(),
         };
-        if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
         cmt_core::init_checkpoint(&base, &cfg, &template, a.seed, &command, &a.out)?;
         checkpoint::load(&a.out)?
     };
