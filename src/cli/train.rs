@@ -143,6 +143,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // Read once: the input statistics of a fresh run measure it too.
+    let data = read_dataset_auto(&a.data)?;
     let ckpt = if a.resume {
         checkpoint::load(&a.out)
             .with_context(|| format!("--resume: reading {}", a.out.display()))?
@@ -151,7 +153,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
     } else {
         let mut cfg = a.arch.config(&base.model)?;
         if a.standardize_input > 0 {
-            let data = read_dataset_auto(&a.data)?;
             let stats = train::measure_input_stats(
                 &base,
                 &cfg,
@@ -175,7 +176,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         checkpoint::load(&a.out)?
     };
     let mut model = CmtModel::new(base, ckpt)?;
-    let mut train_set = read_dataset_auto(&a.data)?;
+    let mut train_set = data;
     if let Some(n) = a.limit_docs {
         train_set = train_set.limit_docs(n);
     }

@@ -108,6 +108,23 @@ impl BaseLm {
     }
 }
 
+/// θ's encoder options as `cfg` sets them (ℓ_enc), for chunks of `max_doc_tokens` with
+/// `overlap` shared tokens.
+pub fn encode_options(
+    cfg: &CmtConfig,
+    max_doc_tokens: usize,
+    overlap: usize,
+    progress: Progress,
+) -> Result<EncodeOptions> {
+    Ok(EncodeOptions {
+        layer: cfg.encode_layer.hidden_layer(),
+        chunking: Chunking::new(max_doc_tokens, overlap)?,
+        max_batch_tokens: 4096.max(max_doc_tokens),
+        progress,
+        ..Default::default()
+    })
+}
+
 /// The identity of a model file: the sha256 of a GGUF file, or of an HF directory's
 /// `config.json` and `*.safetensors` (in name order, each file's hash in turn hashed).
 /// The default model's verified hash is used as is when the path is the default model's.
@@ -184,13 +201,7 @@ impl CmtModel {
         overlap: usize,
         progress: Progress,
     ) -> Result<Encoder<'_, CpuBackend>> {
-        let opts = EncodeOptions {
-            layer: self.cfg().encode_layer.hidden_layer(),
-            chunking: Chunking::new(max_doc_tokens, overlap)?,
-            max_batch_tokens: 4096.max(max_doc_tokens),
-            progress,
-            ..Default::default()
-        };
+        let opts = encode_options(self.cfg(), max_doc_tokens, overlap, progress)?;
         Ok(Encoder::new(&self.base.model, opts)?)
     }
 

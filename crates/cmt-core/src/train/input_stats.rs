@@ -4,9 +4,9 @@
 use crate::config::CmtConfig;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::BaseLm;
+use crate::model::{encode_options, BaseLm};
 use cmt_compress::cache::{CacheKey, HiddenCache};
-use cmt_compress::encode::{Chunking, EncodeOptions, Encoder, Progress};
+use cmt_compress::encode::{Encoder, Progress};
 use cmt_compress::InputStats;
 use std::path::Path;
 
@@ -22,13 +22,7 @@ pub fn measure_input_stats(
     max_docs: usize,
     cache: Option<&Path>,
 ) -> Result<InputStats> {
-    let opts = EncodeOptions {
-        layer: cfg.encode_layer.hidden_layer(),
-        chunking: Chunking::new(cfg.max_doc_tokens, cfg.chunk_overlap)?,
-        max_batch_tokens: 4096.max(cfg.max_doc_tokens),
-        progress: Progress::Never,
-        ..Default::default()
-    };
+    let opts = encode_options(cfg, cfg.max_doc_tokens, cfg.chunk_overlap, Progress::Never)?;
     let enc = Encoder::new(&base.model, opts)?;
     let mut ids = Vec::new();
     for d in data.documents.iter().take(max_docs) {

@@ -296,11 +296,7 @@ pub fn train(
                 plan.docs
                     .iter()
                     .zip(&plan.rec)
-                    .map(|(&d, w)| {
-                        let ids = docs[d].ids[w.clone()].to_vec();
-                        let labels = ids.iter().map(|&t| t as i32).collect();
-                        (ids, labels)
-                    })
+                    .map(|(&d, w)| rec_window(&docs[d].ids[w.clone()]))
                     .collect()
             } else {
                 Vec::new()
@@ -423,6 +419,11 @@ fn takes_decay(name: &str) -> bool {
     !(name.contains("norm") || name.ends_with("bias") || name == "tau.log" || name.contains(".g_"))
 }
 
+/// An L_rec sequence: every token of the window is a target.
+fn rec_window(ids: &[u32]) -> objective::Labelled {
+    (ids.to_vec(), ids.iter().map(|&t| t as i32).collect())
+}
+
 /// The dev subset's reconstruction windows: each document's first `rec_tokens` tokens, and
 /// θ's loss on them without memory (computed once).
 struct DevRec {
@@ -436,11 +437,7 @@ impl DevRec {
         let (docs, _) = prepare(model, dev)?;
         let windows: Vec<objective::Labelled> = docs
             .iter()
-            .map(|d| {
-                let ids = d.ids[..d.ids.len().min(rec_tokens.max(2))].to_vec();
-                let labels = ids.iter().map(|&t| t as i32).collect();
-                (ids, labels)
-            })
+            .map(|d| rec_window(&d.ids[..d.ids.len().min(rec_tokens.max(2))]))
             .collect();
         if windows.is_empty() {
             return Err(Error::Invalid(

@@ -27,15 +27,7 @@ pub(super) fn model_config(f: &GgufFile) -> Result<ModelConfig> {
         }
     };
     let need = |k: &str| uint(k)?.ok_or_else(|| Error::config(&f.path, &key(k), "missing"));
-    let float = |k: &str| -> Result<Option<f64>> {
-        let full = key(k);
-        match f.get(&full) {
-            None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-                Error::config(&f.path, &full, format!("expected a number, got {v:?}"))
-            }),
-        }
-    };
+    let float = |k: &str| f.f64_meta(&key(k));
     let hidden = need("embedding_length")?;
     let heads = need("attention.head_count")?;
     let head_dim = uint("attention.key_length")?.unwrap_or(hidden.checked_div(heads).unwrap_or(0));

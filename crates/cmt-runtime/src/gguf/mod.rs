@@ -24,6 +24,16 @@ impl GgufFile {
         config::model_config(self)
     }
 
+    /// A numeric metadata value (`None` when absent; a non-number is an error naming the key).
+    pub(crate) fn f64_meta(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
+                Error::config(&self.path, key, format!("expected a number, got {v:?}"))
+            }),
+        }
+    }
+
     /// The tokenizer stored in `tokenizer.ggml.*` as a `tokenizers::Tokenizer`.
     pub fn tokenizer(&self) -> Result<crate::Tokenizer> {
         tokenizer::build(self)

@@ -8,15 +8,7 @@ use crate::rope::RopeScaling;
 
 pub(super) fn rope_scaling(f: &GgufFile, arch: &str) -> Result<RopeScaling> {
     let key = |k: &str| format!("{arch}.{k}");
-    let float = |k: &str| -> Result<Option<f64>> {
-        let full = key(k);
-        match f.get(&full) {
-            None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| {
-                Error::config(&f.path, &full, format!("expected a number, got {v:?}"))
-            }),
-        }
-    };
+    let float = |k: &str| f.f64_meta(&key(k));
     let kind = match f.get(&key("rope.scaling.type")) {
         None => None,
         Some(v) => Some(v.as_str().ok_or_else(|| {
