@@ -132,3 +132,53 @@ fn help_explains_the_commands() {
         assert!(s.contains(cmd), "--help lacks {cmd}: {s}");
     }
 }
+
+#[test]
+fn bench_reports_prefill_and_decode_rates() {
+    let Some(model) = model_path() else {
+        return;
+    };
+    let out = cmt()
+        .args(["bench", "--threads", "2", "--json", "--prompt-tokens", "16"])
+        .args([
+            "--new-tokens",
+            "4",
+            "--warmup",
+            "0",
+            "--runs",
+            "3",
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in ["prefill_tok_s", "decode_tok_s", "prefill_s", "decode_s"] {
+        let x = v[key].as_f64().unwrap_or(-1.0);
+        assert!(x.is_finite() && x > 0.0, "{key} = {x}");
+    }
+    // The rates are the medians' token counts over their times.
+    let (p, d) = (
+        v["prefill_s"].as_f64().unwrap(),
+        v["decode_s"].as_f64().unwrap(),
+    );
+    assert!((v["prefill_tok_s"].as_f64().unwrap() * p - 16.0).abs() < 1e-6);
+    assert!((v["decode_tok_s"].as_f64().unwrap() * d - 4.0).abs() < 1e-6);
+    assert_eq!(v["runs_s"].as_array().map(Vec::len), Some(3));
+    assert_eq!(v["weights"], "f32");
+    assert_eq!(v["threads"], 2);
+    assert!(v["model"].as_str().is_some_and(|m| m.ends_with(".gguf")));
+
+    let out = cmt()
+        .args(["bench", "--new-tokens", "0", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("new token"), "{err}");
+}

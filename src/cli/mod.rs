@@ -1,6 +1,7 @@
 //! Argument parsing and the subcommands.
 mod ask;
 mod bank;
+mod bench;
 mod checkpoint;
 mod cmt_arg;
 mod demo;
@@ -55,6 +56,9 @@ enum Command {
     FetchModel,
     /// Generate a continuation of a prompt; prints only the generated text.
     Generate(generate::GenerateArgs),
+    /// Measure prefill and decode tokens/s of the model on this machine (warm-up, then the
+    /// median of several runs).
+    Bench(bench::BenchArgs),
     /// Print the mean next-token cross-entropy (nats) of a text, as a bare number.
     Score(generate::ScoreArgs),
     /// Compress documents (JSONL or SQuAD JSON) into memories and append them to a bank.
@@ -106,6 +110,7 @@ pub fn run() -> Result<()> {
         }
         Command::Generate(a) => generate::generate(a, cli.device),
         Command::Score(a) => generate::score(a, cli.device),
+        Command::Bench(a) => bench::run(a, cli.device),
         Command::Ingest(a) => {
             device::model_backend(cli.device)?;
             ingest::run(a)

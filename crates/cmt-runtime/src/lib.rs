@@ -3,6 +3,7 @@
 //! generates text, and scores text.
 pub mod backend;
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod convert;
 pub mod cuda;

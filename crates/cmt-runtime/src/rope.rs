@@ -30,6 +30,50 @@ pub enum RopeScaling {
     Divisors(Vec<f32>),
 }
 
+/// Moves rotary keys to other positions: `k` holds groups of `p` rows of `head_dim`
+/// (a [`crate::KvPrefix`]'s [layers, kv_heads, p, head_dim]), and row j of every group is
+/// rotated by `shift[j]` positions (negative undoes rotary). Rotations compose, so a key
+/// rotated for position t and shifted by s − t is the key rotated for s, up to f32
+/// rounding; the angle of each shift is computed in f64 to keep that rounding small.
+pub fn shift_key_positions(
+    k: &mut [f32],
+    p: usize,
+    head_dim: usize,
+    inv_freq: &[f32],
+    shift: &[f64],
+) -> Result<()> {
+    let half = head_dim / 2;
+    if shift.len() != p || inv_freq.len() != half || p == 0 || k.len() % (p * head_dim) != 0 {
+        return Err(Error::Invalid(format!(
+            "shift_key_positions: {} keys, p = {p}, head_dim = {head_dim}, {} shifts, {} \
+             frequencies do not fit together",
+            k.len(),
+            shift.len(),
+            inv_freq.len()
+        )));
+    }
+    let (cos, sin): (Vec<f32>, Vec<f32>) = shift
+        .iter()
+        .flat_map(|&s| inv_freq.iter().map(move |&f| s * f as f64))
+        .map(|a| (a.cos() as f32, a.sin() as f32))
+        .unzip();
+    for group in k.chunks_exact_mut(p * head_dim) {
+        for (j, row) in group.chunks_exact_mut(head_dim).enumerate() {
+            let (a, b) = row.split_at_mut(half);
+            let (c, s) = (
+                &cos[j * half..(j + 1) * half],
+                &sin[j * half..(j + 1) * half],
+            );
+            for i in 0..half {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * c[i] - x2 * s[i];
+                b[i] = x2 * c[i] + x1 * s[i];
+            }
+        }
+    }
+    Ok(())
+}
+
 impl RopeScaling {
     /// The inverse frequencies for a head of `head_dim` with base `theta`, `head_dim / 2`
     /// of them. The default path is HF's `1 / θ^(2i/d)` in f32, unchanged by scaling.

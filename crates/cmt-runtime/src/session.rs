@@ -135,6 +135,29 @@ impl<B: Backend> Session<B> {
         Ok(())
     }
 
+    /// The keys and values cached in `slot` (every filled position, prefix included), in
+    /// [`KvPrefix`] layout: keys with the rotary of their positions already applied.
+    pub fn read_kv(&self, cfg: &ModelConfig, be: &B, slot: usize) -> Result<KvPrefix> {
+        if slot >= self.slots {
+            return Err(Error::Invalid(format!(
+                "slot {slot} out of range: the session has {} slots",
+                self.slots
+            )));
+        }
+        let (g_n, hd, p) = (cfg.kv_heads, cfg.head_dim, self.lens[slot]);
+        let mut k = vec![0.0; cfg.layers * g_n * p * hd];
+        let mut v = vec![0.0; k.len()];
+        for l in 0..cfg.layers {
+            for g in 0..g_n {
+                let dst = ((l * g_n + g) * p) * hd;
+                let src = ((slot * g_n + g) * self.capacity) * hd;
+                be.download(&self.k[l], src, &mut k[dst..dst + p * hd])?;
+                be.download(&self.v[l], src, &mut v[dst..dst + p * hd])?;
+            }
+        }
+        Ok(KvPrefix { len: p, k, v })
+    }
+
     /// Makes sure scratch buffers hold `rows` rows and `out_rows` logit rows.
     pub(crate) fn ensure_scratch(
         &mut self,

@@ -1,0 +1,94 @@
+//! `cmt bench`: prefill and decode tokens/s of this build on this machine.
+use super::model_arg;
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use cmt_runtime::bench::{measure, BenchOptions};
+use cmt_runtime::device::DeviceChoice;
+
+/// How the weights are held in memory while the model runs.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Weights {
+    /// Every tensor dequantised to f32 at load (the golden path; the only one so far:
+    /// keeping quantized blocks and bf16 storage are not built yet).
+    F32,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// GGUF file or HF model directory (default: the default model, fetched if absent).
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
+    /// Weight storage while running.
+    #[arg(long, value_enum, default_value = "f32")]
+    weights: Weights,
+    /// Prompt tokens prefilled in one step (a fixed id sequence, tokenizer-independent).
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens decoded one step at a time after the prompt (greedy, EOS ignored).
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed runs; the figures are their medians.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Print one JSON object instead of the text summary.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: BenchArgs, device: DeviceChoice) -> Result<()> {
+    let backend = super::device::model_backend(device)?;
+    let path = model_arg::resolve(a.model)?;
+    let (model, _tok) = cmt_runtime::load_model(&path, backend)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let opts = BenchOptions {
+        prompt_tokens: a.prompt_tokens,
+        new_tokens: a.new_tokens,
+        warmup: a.warmup,
+        runs: a.runs,
+    };
+    if !a.json {
+        eprintln!(
+            "benchmarking {}: {} warm-up + {} timed runs of {} prompt + {} new tokens",
+            path.display(),
+            opts.warmup,
+            opts.runs,
+            opts.prompt_tokens,
+            opts.new_tokens
+        );
+    }
+    let r = measure(&model, &opts)?;
+    let weights = format!("{:?}", a.weights).to_lowercase();
+    let threads = rayon::current_num_threads();
+    if a.json {
+        let v = serde_json::json!({
+            "model": path.display().to_string(),
+            "weights": weights,
+            "threads": threads,
+            "device": "cpu",
+            "prompt_tokens": opts.prompt_tokens,
+            "new_tokens": opts.new_tokens,
+            "runs": opts.runs,
+            "prefill_tok_s": r.prefill_tok_s,
+            "decode_tok_s": r.decode_tok_s,
+            "prefill_s": r.prefill_s,
+            "decode_s": r.decode_s,
+            "runs_s": r.runs_s,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "prefill {:.1} tok/s ({} tokens in {:.3} s)   decode {:.1} tok/s ({} tokens in {:.3} s)   weights {weights}, {threads} threads (medians of {} runs)",
+            r.prefill_tok_s,
+            opts.prompt_tokens,
+            r.prefill_s,
+            r.decode_tok_s,
+            opts.new_tokens,
+            r.decode_s,
+            opts.runs
+        );
+    }
+    Ok(())
+}
