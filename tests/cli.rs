@@ -128,7 +128,7 @@ fn bad_arguments_fail_with_a_clear_message() {
 fn help_explains_the_commands() {
     let out = cmt().arg("--help").output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["fetch-model", "generate", "score", "convert"] {
+    for cmd in ["fetch-model", "generate", "score", "bench", "convert"] {
         assert!(s.contains(cmd), "--help lacks {cmd}: {s}");
     }
 }
