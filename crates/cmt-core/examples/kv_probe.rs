@@ -11,7 +11,10 @@
 //! - `head`: the first p tokens;
 //! - `stride`: p tokens evenly spaced over the document, the first and last included;
 //! - `mean`: p contiguous chunks, keys (with rotary undone) and values averaged;
-//! - `sinkmean`: the first token alone, then p − 1 averaged chunks of the rest.
+//! - `sinkmean`: the first token alone, then p − 1 averaged chunks of the rest;
+//! - `stride-keep`: `stride`'s tokens at their own positions (keys not moved), the question
+//!   continuing at position n as after the whole document (`Session::set_position_offset`).
+//!
 //! A `p` written `/r` means n / r slots for a document of n tokens.
 //!
 //! ```text
@@ -32,6 +35,18 @@ const MAX_DOC_TOKENS: usize = 400;
 /// Slot j of the result is the mean (or, with one member, the copy) of the tokens in
 /// `groups[j]`, its key moved to rotary position j.
 fn reduce(kv: &KvPrefix, cfg: &ModelConfig, groups: &[Vec<usize>]) -> Result<KvPrefix> {
+    if groups.iter().all(|g| g.len() == 1) {
+        let mut out = keep(kv, cfg, groups);
+        let hd = cfg.head_dim;
+        let inv = cfg.rope_scaling.inv_freq(hd, cfg.rope_theta);
+        let shift: Vec<f64> = groups
+            .iter()
+            .enumerate()
+            .map(|(j, g)| j as f64 - g[0] as f64)
+            .collect();
+        shift_key_positions(&mut out.k, groups.len(), hd, &inv, &shift)?;
+        return Ok(out);
+    }
     let (n, hd, p) = (kv.len, cfg.head_dim, groups.len());
     let inv = cfg.rope_scaling.inv_freq(hd, cfg.rope_theta);
     let mut k0 = kv.k.clone();
@@ -57,6 +72,57 @@ fn reduce(kv: &KvPrefix, cfg: &ModelConfig, groups: &[Vec<usize>]) -> Result<KvP
     Ok(KvPrefix { len: p, k, v })
 }
 
+/// The entries of the single tokens of `groups`, keys left at their own positions.
+fn keep(kv: &KvPrefix, cfg: &ModelConfig, groups: &[Vec<usize>]) -> KvPrefix {
+    let (n, hd, p) = (kv.len, cfg.head_dim, groups.len());
+    let heads = cfg.layers * cfg.kv_heads;
+    let (mut k, mut v) = (
+        Vec::with_capacity(heads * p * hd),
+        Vec::with_capacity(heads * p * hd),
+    );
+    for h in 0..heads {
+        for g in groups {
+            let src = (h * n + g[0]) * hd;
+            k.extend_from_slice(&kv.k[src..src + hd]);
+            v.extend_from_slice(&kv.v[src..src + hd]);
+        }
+    }
+    KvPrefix { len: p, k, v }
+}
+
+/// Greedy answer after `prefix` with the prompt's positions `offset` past the prefix, the
+/// harness's decoding (at most 24 new tokens, stop at EOS or a newline), one at a time.
+fn answer_at(lm: &BaseLm, prompt: &[u32], prefix: &KvPrefix, offset: usize) -> Result<String> {
+    let cfg = &lm.model.cfg;
+    let mut sess = lm
+        .model
+        .session(1, prefix.len + prompt.len() + MAX_NEW_TOKENS)?;
+    sess.set_prefix(cfg, &lm.model.backend, 0, prefix)?;
+    sess.set_position_offset(0, offset)?;
+    let mut logits = lm.model.forward(
+        &mut sess,
+        &[SeqInput::tokens(0, prompt)],
+        Logits::Last,
+        None,
+    )?;
+    let mut out = Vec::new();
+    for _ in 0..MAX_NEW_TOKENS {
+        let id = cmt_runtime::generate::argmax(logits);
+        if cfg.eos_tokens.contains(&id) {
+            break;
+        }
+        out.push(id);
+        if lm.tok.decode(&[id])?.contains('\n') {
+            break;
+        }
+        logits = lm
+            .model
+            .forward(&mut sess, &[SeqInput::tokens(0, &[id])], Logits::Last, None)?;
+    }
+    let text = lm.tok.decode(&out)?;
+    Ok(text.split('\n').next().unwrap_or("").trim().to_string())
+}
+
 /// Token groups of `rule` for a document of `n` tokens and `p` slots (2 ≤ p < n).
 fn groups(rule: &str, n: usize, p: usize) -> Result<Vec<Vec<usize>>> {
     let chunks = |lo: usize, m: usize, c: usize| -> Vec<Vec<usize>> {
@@ -66,7 +132,7 @@ fn groups(rule: &str, n: usize, p: usize) -> Result<Vec<Vec<usize>>> {
     };
     Ok(match rule {
         "head" => (0..p).map(|t| vec![t]).collect(),
-        "stride" => (0..p)
+        "stride" | "stride-keep" => (0..p)
             .map(|j| vec![(j * (n - 1) + (p - 1) / 2) / (p - 1)])
             .collect(),
         "mean" => chunks(0, n, p),
@@ -75,7 +141,7 @@ fn groups(rule: &str, n: usize, p: usize) -> Result<Vec<Vec<usize>>> {
             .collect(),
         other => {
             return Err(Error::Invalid(format!(
-                "unknown rule \"{other}\" (full, head, stride, mean or sinkmean)"
+                "unknown rule \"{other}\" (full, head, stride, stride-keep, mean or sinkmean)"
             )))
         }
     })
@@ -107,6 +173,8 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let ds = read_dataset(data)?.limit_docs(limit);
     let cfg = &lm.model.cfg;
     let mut prefixes = Vec::new();
+    // Per document: how far past its prefix length the question's positions start.
+    let mut offsets = Vec::new();
     for d in &ds.documents {
         let mut ids = lm.tok.encode(&d.text, false)?;
         ids.truncate(MAX_DOC_TOKENS);
@@ -115,11 +183,17 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         lm.model.forward(&mut sess, &input, Logits::None, None)?;
         let kv = sess.read_kv(cfg, &lm.model.backend, 0)?;
         let p = slots(spec, kv.len)?;
-        prefixes.push(if rule == "full" || p >= kv.len {
-            kv
+        let n = kv.len;
+        if rule == "full" || p >= n {
+            offsets.push(0);
+            prefixes.push(kv);
+        } else if rule == "stride-keep" {
+            offsets.push(n - p);
+            prefixes.push(keep(&kv, cfg, &groups(rule, n, p)?));
         } else {
-            reduce(&kv, cfg, &groups(rule, kv.len, p)?)?
-        });
+            offsets.push(0);
+            prefixes.push(reduce(&kv, cfg, &groups(rule, n, p)?)?);
+        }
     }
     let nd = ds.documents.len();
     let pos = |id: &str| ds.documents.iter().position(|d| d.id == id).unwrap_or(0);
@@ -136,8 +210,24 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
                 .map(|q| Some(prefixes[(pos(&q.doc_id) + off) % nd].clone()))
                 .collect()
         };
-        let with_own = lm.answer(&prompts, Some(&pick(0)), MAX_NEW_TOKENS)?;
-        let with_other = lm.answer(&prompts, Some(&pick(1)), MAX_NEW_TOKENS)?;
+        let (with_own, with_other) = if offsets.iter().all(|&o| o == 0) {
+            (
+                lm.answer(&prompts, Some(&pick(0)), MAX_NEW_TOKENS)?,
+                lm.answer(&prompts, Some(&pick(1)), MAX_NEW_TOKENS)?,
+            )
+        } else {
+            let one = |off: usize| -> Result<Vec<String>> {
+                group
+                    .iter()
+                    .zip(&prompts)
+                    .map(|(q, pr)| {
+                        let d = (pos(&q.doc_id) + off) % nd;
+                        answer_at(&lm, pr, &prefixes[d], offsets[d])
+                    })
+                    .collect()
+            };
+            (one(0)?, one(1)?)
+        };
         for ((q, x), y) in group.iter().zip(&with_own).zip(&with_other) {
             let (f_own, f_other) = (
                 metrics::score(x, &q.answers).f1,

@@ -206,7 +206,8 @@ impl<B: Backend> Model<B> {
                 slot: inp.slot,
                 pos,
             });
-            sess.positions.extend((pos..pos + n).map(|p| p as u32));
+            let rot = pos + sess.offsets[inp.slot];
+            sess.positions.extend((rot..rot + n).map(|p| p as u32));
             match logits {
                 Logits::All => sess.pick.extend((rows..rows + n).map(|r| r as u32)),
                 Logits::Last => sess.pick.push((rows + n - 1) as u32),

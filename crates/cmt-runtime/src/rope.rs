@@ -43,7 +43,12 @@ pub fn shift_key_positions(
     shift: &[f64],
 ) -> Result<()> {
     let half = head_dim / 2;
-    if shift.len() != p || inv_freq.len() != half || p == 0 || k.len() % (p * head_dim) != 0 {
+    if shift.len() != p
+        || inv_freq.len() != half
+        || p == 0
+        || head_dim == 0
+        || !k.len().is_multiple_of(p * head_dim)
+    {
         return Err(Error::Invalid(format!(
             "shift_key_positions: {} keys, p = {p}, head_dim = {head_dim}, {} shifts, {} \
              frequencies do not fit together",

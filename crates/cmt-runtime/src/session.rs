@@ -38,6 +38,8 @@ pub struct Session<B: Backend> {
     pub slots: usize,
     pub capacity: usize,
     pub(crate) lens: Vec<usize>,
+    /// Per slot: how far past its cache length the rotary positions of its next tokens are.
+    pub(crate) offsets: Vec<usize>,
     pub(crate) scratch: Option<Scratch<B>>,
     /// Host copies reused across steps.
     pub(crate) logits: Vec<f32>,
@@ -73,6 +75,7 @@ impl<B: Backend> Session<B> {
             slots,
             capacity,
             lens: vec![0; slots],
+            offsets: vec![0; slots],
             scratch: None,
             logits: Vec::new(),
             ids: Vec::new(),
@@ -94,10 +97,27 @@ impl<B: Backend> Session<B> {
     /// Forgets everything in `slot`.
     pub fn reset(&mut self, slot: usize) {
         self.lens[slot] = 0;
+        self.offsets[slot] = 0;
     }
 
     pub fn reset_all(&mut self) {
         self.lens.fill(0);
+        self.offsets.fill(0);
+    }
+
+    /// Makes the rotary positions of `slot`'s next tokens start `offset` past its cache
+    /// length (cleared by [`Session::reset`] and [`Session::set_prefix`]): for a prefix of
+    /// p entries whose keys were rotated for positions up to p + offset − 1, such as
+    /// tokens kept from a longer sequence. Attention still spans exactly the cached entries.
+    pub fn set_position_offset(&mut self, slot: usize, offset: usize) -> Result<()> {
+        if slot >= self.slots {
+            return Err(Error::Invalid(format!(
+                "slot {slot} out of range: the session has {} slots",
+                self.slots
+            )));
+        }
+        self.offsets[slot] = offset;
+        Ok(())
     }
 
     /// Empties `slot` and puts a key/value prefix in its first `prefix.len` positions.
@@ -132,6 +152,7 @@ impl<B: Backend> Session<B> {
             }
         }
         self.lens[slot] = p;
+        self.offsets[slot] = 0;
         Ok(())
     }
 

@@ -53,6 +53,51 @@ fn read_cache_as_prefix_continues_the_sequence() {
     }
 }
 
+#[test]
+fn position_offset_keeps_relative_positions_of_a_moved_prefix() {
+    // Rotary depends only on position differences: a cached document moved c positions
+    // later (keys shifted by c), continued at offset c, gives the logits of the plain
+    // sequence. Without the offset the question would sit c positions too early.
+    let cfg = tiny_config(4, 2, 6, false, false);
+    let m = model(&cfg, &tiny_weights(&cfg, 9));
+    let v = cfg.vocab;
+    let (doc, question) = ([3u32, 12, 7, 1], [5u32, 10]);
+    let whole: Vec<u32> = doc.iter().chain(&question).copied().collect();
+    let mut s1 = m.session(1, whole.len()).unwrap();
+    let want = m
+        .forward(&mut s1, &[SeqInput::tokens(0, &whole)], Logits::All, None)
+        .unwrap()[doc.len() * v..]
+        .to_vec();
+    let mut s2 = m.session(1, doc.len()).unwrap();
+    m.forward(&mut s2, &[SeqInput::tokens(0, &doc)], Logits::None, None)
+        .unwrap();
+    let mut moved = s2.read_kv(&cfg, &m.backend, 0).unwrap();
+    let c = 7usize;
+    let inv = cfg.rope_scaling.inv_freq(cfg.head_dim, cfg.rope_theta);
+    let shift = vec![c as f64; doc.len()];
+    shift_key_positions(&mut moved.k, doc.len(), cfg.head_dim, &inv, &shift).unwrap();
+    for offset in [c, 0] {
+        let mut s3 = m.session(1, whole.len()).unwrap();
+        s3.set_prefix(&cfg, &m.backend, 0, &moved).unwrap();
+        s3.set_position_offset(0, offset).unwrap();
+        let got = m
+            .forward(
+                &mut s3,
+                &[SeqInput::tokens(0, &question)],
+                Logits::All,
+                None,
+            )
+            .unwrap();
+        let close = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| (a - b).abs() <= 1e-5 + 1e-4 * b.abs());
+        assert_eq!(close, offset == c, "offset {offset}");
+    }
+    let mut s4 = m.session(1, 2).unwrap();
+    assert!(s4.set_position_offset(1, 3).is_err());
+}
+
 /// Keys rotated by the backend's rotary at each of `positions`.
 fn rotated(keys: &[f32], positions: &[u32], hd: usize, table: &RopeTable<CpuBackend>) -> Vec<f32> {
     let mut k = keys.to_vec();
