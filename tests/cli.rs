@@ -35,6 +35,8 @@ fn generate_prints_exactly_the_greedy_continuation() {
         let out = cmt()
             .args([
                 "generate",
+                "--weights",
+                "f32",
                 "--threads",
                 "2",
                 "--max-new-tokens",
@@ -68,23 +70,30 @@ fn score_prints_the_mean_cross_entropy() {
     let text = "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in France. \
                 They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, under their leader Rollo, \
                 agreed to swear fealty to King Charles III of West Francia.";
-    let out = cmt()
-        .args(["score", "--model"])
-        .arg(&model)
-        .args(["--text", text])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = String::from_utf8(out.stdout).unwrap();
-    let loss: f64 = s
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("not a bare number: {s:?}"));
-    assert!((loss - 2.755764).abs() < 1e-4, "{loss}");
+    // Both weight formats: scoring is one prefill step, which the native path runs on
+    // exactly dequantised tiles, so both meet the f32 tolerance.
+    for weights in ["f32", "native"] {
+        let out = cmt()
+            .args(["score", "--weights", weights, "--model"])
+            .arg(&model)
+            .args(["--text", text])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = String::from_utf8(out.stdout).unwrap();
+        let loss: f64 = s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("not a bare number: {s:?}"));
+        assert!(
+            (loss - 2.755764).abs() < 1e-4,
+            "--weights {weights}: {loss}"
+        );
+    }
 }
 
 #[test]
@@ -109,6 +118,15 @@ fn bad_arguments_fail_with_a_clear_message() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
+    let out = cmt()
+        .args(["generate", "--weights", "q2", "--prompt", "hi"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--weights") && err.contains("native"),
+        "{err}"
+    );
     let d = tempfile::tempdir().unwrap();
     let junk = d.path().join("junk.gguf");
     std::fs::write(&junk, b"GGUF\x03\x00\x00\x00\x01").unwrap();
@@ -170,7 +188,10 @@ fn bench_reports_prefill_and_decode_rates() {
     assert!((v["prefill_tok_s"].as_f64().unwrap() * p - 16.0).abs() < 1e-6);
     assert!((v["decode_tok_s"].as_f64().unwrap() * d - 4.0).abs() < 1e-6);
     assert_eq!(v["runs_s"].as_array().map(Vec::len), Some(3));
-    assert_eq!(v["weights"], "f32");
+    assert_eq!(
+        v["weights"], "native",
+        "native is the default for inference"
+    );
     assert_eq!(v["threads"], 2);
     assert!(v["model"].as_str().is_some_and(|m| m.ends_with(".gguf")));
 

@@ -1,26 +1,21 @@
 //! `cmt bench`: prefill and decode tokens/s of this build on this machine.
 use super::model_arg;
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use cmt_runtime::bench::{measure, BenchOptions};
 use cmt_runtime::device::DeviceChoice;
-
-/// How the weights are held in memory while the model runs.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Weights {
-    /// Every tensor dequantised to f32 at load (the golden path; the only one so far:
-    /// keeping quantized blocks and bf16 storage are not built yet).
-    F32,
-}
+use cmt_runtime::WeightFormat;
 
 #[derive(Args)]
 pub struct BenchArgs {
     /// GGUF file or HF model directory (default: the default model, fetched if absent).
     #[arg(long)]
     model: Option<std::path::PathBuf>,
-    /// Weight storage while running.
-    #[arg(long, value_enum, default_value = "f32")]
-    weights: Weights,
+    /// How the weight matrices are held while running: `native` keeps a GGUF's
+    /// Q8_0/Q4_0/Q4_1 blocks (int8 dot products; other types load as f32), `f32`
+    /// dequantises everything (the golden path).
+    #[arg(long, default_value = "native")]
+    weights: WeightFormat,
     /// Prompt tokens prefilled in one step (a fixed id sequence, tokenizer-independent).
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
@@ -41,7 +36,7 @@ pub struct BenchArgs {
 pub fn run(a: BenchArgs, device: DeviceChoice) -> Result<()> {
     let backend = super::device::model_backend(device)?;
     let path = model_arg::resolve(a.model)?;
-    let (model, _tok) = cmt_runtime::load_model(&path, backend)
+    let (model, _tok) = cmt_runtime::load_model_as(&path, backend, a.weights)
         .with_context(|| format!("loading {}", path.display()))?;
     let opts = BenchOptions {
         prompt_tokens: a.prompt_tokens,
@@ -60,7 +55,7 @@ pub fn run(a: BenchArgs, device: DeviceChoice) -> Result<()> {
         );
     }
     let r = measure(&model, &opts)?;
-    let weights = format!("{:?}", a.weights).to_lowercase();
+    let weights = a.weights.to_string();
     let threads = rayon::current_num_threads();
     if a.json {
         let v = serde_json::json!({

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, GgufSource};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{SafetensorsSource, Weights};
+use crate::weights::{SafetensorsSource, WeightFormat, Weights};
 use std::path::Path;
 
 /// What `--model` points at.
@@ -54,8 +54,19 @@ pub fn load_config_and_tokenizer(path: &Path) -> Result<(ModelConfig, Tokenizer)
     }
 }
 
-/// Loads a whole model onto `backend`.
+/// Loads a whole model onto `backend`, every matrix as f32 (the golden path).
 pub fn load_model<B: Backend>(path: &Path, backend: B) -> Result<(Model<B>, Tokenizer)> {
+    load_model_as(path, backend, WeightFormat::F32)
+}
+
+/// Loads a whole model onto `backend`, its matrices held as `format` says
+/// ([`WeightFormat::Native`] keeps a GGUF's Q8_0/Q4_0/Q4_1 blocks; HF directories and other
+/// types load as f32).
+pub fn load_model_as<B: Backend>(
+    path: &Path,
+    backend: B,
+    format: WeightFormat,
+) -> Result<(Model<B>, Tokenizer)> {
     match detect_format(path)? {
         ModelFormat::Gguf => {
             let g = GgufFile::open(path)?;
@@ -67,14 +78,14 @@ pub fn load_model<B: Backend>(path: &Path, backend: B) -> Result<(Model<B>, Toke
                 heads: cfg.heads,
                 kv_heads: cfg.kv_heads,
             };
-            let w = Weights::load(&cfg, &src, &backend)?;
+            let w = Weights::load_as(&cfg, &src, &backend, format)?;
             Ok((Model::new(cfg, backend, w)?, tok))
         }
         ModelFormat::HfDir => {
             let cfg = ModelConfig::from_hf_json(&path.join("config.json"))?;
             let tok = Tokenizer::from_file(&path.join("tokenizer.json"))?;
             let src = SafetensorsSource::open(path)?;
-            let w = Weights::load(&cfg, &src, &backend)?;
+            let w = Weights::load_as(&cfg, &src, &backend, format)?;
             Ok((Model::new(cfg, backend, w)?, tok))
         }
     }

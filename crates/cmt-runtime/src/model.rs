@@ -222,13 +222,8 @@ impl<B: Backend> Model<B> {
         for (inp, span) in inputs.iter().zip(&sess.spans) {
             let n_soft = inp.soft.len() / d;
             be.write(&mut s.x, span.row_start * d, inp.soft)?;
-            be.gather_rows(
-                &self.weights.embed.buf,
-                d,
-                inp.ids,
-                &mut s.x,
-                span.row_start + n_soft,
-            )?;
+            self.weights
+                .embed_rows(be, inp.ids, &mut s.x, span.row_start + n_soft)?;
         }
         let mut checkpoint = 0;
         let mut capture = |buf: &B::Buf| -> Result<()> {

@@ -60,9 +60,12 @@ impl<B: Backend> Model<B> {
     /// to look like token embeddings.
     pub fn embedding_rms(&self) -> Result<f32> {
         let e = &self.weights.embed;
-        let mut host = vec![0.0; e.rows * e.cols];
-        self.backend.download(&e.buf, 0, &mut host)?;
-        let ss: f64 = host.iter().map(|&x| (x as f64) * (x as f64)).sum();
-        Ok((ss / host.len().max(1) as f64).sqrt() as f32)
+        let mut row = vec![0.0; e.cols];
+        let mut ss = 0.0f64;
+        for r in 0..e.rows {
+            e.row_to_host(&self.backend, r, &mut row)?;
+            ss += row.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+        }
+        Ok((ss / (e.rows * e.cols).max(1) as f64).sqrt() as f32)
     }
 }

@@ -1,8 +1,9 @@
 //! Model weights: where they come from (`TensorSource`: an HF safetensors directory or a
 //! GGUF file) and the per-layer set the forward pass uses, on a backend.
-use crate::backend::{Backend, Mat};
+use crate::backend::{Backend, Mat, MatData};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::quant::QuantMatrix;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -14,6 +15,45 @@ pub trait TensorSource {
     fn has(&self, name: &str) -> bool;
     /// The tensor `name`, checked to have `shape`.
     fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+    /// The matrix `name` in its stored block layout, where it is stored in a type the
+    /// quantised kernels read ([`crate::quant::QType`]); None for every other type.
+    fn load_quant(&self, _name: &str, _shape: [usize; 2]) -> Result<Option<QuantMatrix>> {
+        Ok(None)
+    }
+}
+
+/// How weight matrices are held in memory (`--weights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// Every matrix dequantised to f32 at load (the golden path; training needs it).
+    #[default]
+    F32,
+    /// Q8_0 / Q4_0 / Q4_1 GGUF matrices kept in their blocks; any other type (and every HF
+    /// directory) is loaded as f32.
+    Native,
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(WeightFormat::F32),
+            "native" => Ok(WeightFormat::Native),
+            other => Err(format!(
+                "unknown weight format `{other}` (native: keep the file's Q8_0/Q4_0/Q4_1 \
+                 blocks; f32: dequantise everything)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Native => "native",
+        })
+    }
 }
 
 pub struct LayerWeights<B: Backend> {
@@ -41,14 +81,29 @@ pub struct Weights<B: Backend> {
 
 impl<B: Backend> Weights<B> {
     pub fn load(cfg: &ModelConfig, src: &dyn TensorSource, be: &B) -> Result<Self> {
+        Self::load_as(cfg, src, be, WeightFormat::F32)
+    }
+
+    pub fn load_as(
+        cfg: &ModelConfig,
+        src: &dyn TensorSource,
+        be: &B,
+        format: WeightFormat,
+    ) -> Result<Self> {
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat<B>> {
+            if format == WeightFormat::Native {
+                if let Some(mut q) = src.load_quant(name, [rows, cols])? {
+                    q.act_planes = activation_planes(name);
+                    return Ok(Mat {
+                        data: MatData::Quant(q),
+                        rows,
+                        cols,
+                    });
+                }
+            }
             let data = src.load(name, &[rows, cols])?;
             check_finite(src.path(), name, &data)?;
-            Ok(Mat {
-                buf: be.upload(data)?,
-                rows,
-                cols,
-            })
+            Ok(Mat::dense(be.upload(data)?, rows, cols))
         };
         let vec = |name: &str, n: usize| -> Result<B::Buf> {
             let data = src.load(name, &[n])?;
@@ -96,6 +151,66 @@ impl<B: Backend> Weights<B> {
 
     pub fn lm_head(&self) -> &Mat<B> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Embedding rows of `ids` into `out` from row `out_row` on (rows of width `hidden`).
+    /// An id past the vocabulary is an error, not a panic.
+    pub fn embed_rows(&self, be: &B, ids: &[u32], out: &mut B::Buf, out_row: usize) -> Result<()> {
+        let e = &self.embed;
+        match &e.data {
+            MatData::Dense(buf) => be.gather_rows(buf, e.cols, ids, out, out_row),
+            MatData::Quant(q) => {
+                let mut host = vec![0.0f32; ids.len() * e.cols];
+                for (row, &id) in host.chunks_exact_mut(e.cols).zip(ids) {
+                    if id as usize >= e.rows {
+                        return Err(Error::Invalid(format!(
+                            "row {id} is out of range (0..{}): a token id outside the vocabulary?",
+                            e.rows
+                        )));
+                    }
+                    q.dequantize_row(id as usize, row);
+                }
+                be.write(out, out_row * e.cols, &host)
+            }
+        }
+    }
+
+    /// Bytes the weight matrices hold (f32 or blocks), vectors left out.
+    pub fn matrix_bytes(&self) -> usize {
+        self.sum_matrices(|m| match &m.data {
+            MatData::Dense(_) => m.rows * m.cols * 4,
+            MatData::Quant(q) => q.bytes(),
+        })
+    }
+
+    /// Bytes the weight matrices would hold as f32.
+    pub fn matrix_bytes_f32(&self) -> usize {
+        self.sum_matrices(|m| m.rows * m.cols * 4)
+    }
+
+    fn sum_matrices(&self, one: impl Fn(&Mat<B>) -> usize) -> usize {
+        let mut n = one(&self.embed) + self.lm_head.as_ref().map_or(0, &one);
+        for l in &self.layers {
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down] {
+                n += one(m);
+            }
+        }
+        n
+    }
+}
+
+/// How many int8 planes a quantised matrix's input is quantised into (`--weights native`).
+/// Inputs that come out of an RMSNorm (q/k/v, gate/up, the LM head) are well conditioned and
+/// take one. The attention output (o_proj's input) and the SwiGLU product (down_proj's) are
+/// not normalised and carry outlier channels that make one 8-bit scale per 32 elements too
+/// coarse for the rest of the block: on the default model, one plane everywhere kept HF's
+/// greedy continuation for only 5 of 24 tokens on a golden prompt, two planes for these two
+/// kept all 24 on every golden prompt, for ~10% of decode speed (`docs/perf.md`).
+fn activation_planes(hf_name: &str) -> usize {
+    if hf_name.ends_with("o_proj.weight") || hf_name.ends_with("down_proj.weight") {
+        2
+    } else {
+        1
     }
 }
 

@@ -3,6 +3,7 @@
 //! every op states its shapes in row-major terms.
 pub mod cpu;
 
+pub use crate::quant::QuantMatrix;
 pub use cpu::CpuBackend;
 
 use crate::error::Result;
@@ -35,9 +36,66 @@ pub struct AttnShape {
 
 /// A weight matrix [rows, cols] (HF layout: rows = output features).
 pub struct Mat<B: Backend + ?Sized> {
-    pub buf: B::Buf,
+    pub data: MatData<B>,
     pub rows: usize,
     pub cols: usize,
+}
+
+/// How a weight matrix is stored.
+pub enum MatData<B: Backend + ?Sized> {
+    /// f32 on the backend (the golden path, and what the backward reads).
+    Dense(B::Buf),
+    /// GGUF blocks in host memory (`--weights native`; the CPU backend's matmul reads them).
+    Quant(QuantMatrix),
+}
+
+impl<B: Backend + ?Sized> Mat<B> {
+    pub fn dense(buf: B::Buf, rows: usize, cols: usize) -> Self {
+        Mat {
+            data: MatData::Dense(buf),
+            rows,
+            cols,
+        }
+    }
+
+    /// The f32 buffer, or an error naming `what` needs it when the matrix is quantised.
+    pub fn dense_buf(&self, what: &str) -> Result<&B::Buf> {
+        match &self.data {
+            MatData::Dense(b) => Ok(b),
+            MatData::Quant(q) => Err(crate::Error::Invalid(format!(
+                "{what} needs f32 weights, but this model was loaded with its {:?} blocks \
+                 kept (--weights native); load it with --weights f32",
+                q.ty
+            ))),
+        }
+    }
+
+    pub fn quant(&self) -> Option<&QuantMatrix> {
+        match &self.data {
+            MatData::Quant(q) => Some(q),
+            MatData::Dense(_) => None,
+        }
+    }
+
+    /// Row `r` as f32 on the host.
+    pub fn row_to_host(&self, be: &B, r: usize, out: &mut [f32]) -> Result<()>
+    where
+        B: Sized,
+    {
+        if r >= self.rows {
+            return Err(crate::Error::Invalid(format!(
+                "row {r} of a {}-row matrix",
+                self.rows
+            )));
+        }
+        match &self.data {
+            MatData::Dense(b) => be.download(b, r * self.cols, &mut out[..self.cols]),
+            MatData::Quant(q) => {
+                q.dequantize_row(r, out);
+                Ok(())
+            }
+        }
+    }
 }
 
 pub trait Backend: Send + Sync {

@@ -15,6 +15,7 @@ pub use quant::{dequantize, GgmlType};
 pub use reader::{GgufFile, TensorInfo, Value};
 
 use crate::error::{Error, Result};
+use crate::quant::{QType, QuantMatrix};
 use crate::weights::TensorSource;
 use std::path::Path;
 
@@ -85,10 +86,10 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// Inverse of llama.cpp's `permute` for a q or k projection: rows of each head are stored as
 /// [head_dim/2, 2] (interleaved pairs) and HF wants [2, head_dim/2] (halves). Works on a
 /// weight ([rows, cols]) or a bias (cols = 1).
-fn unpermute_rows(data: &[f32], heads: usize, rows: usize, cols: usize) -> Vec<f32> {
+fn unpermute_rows<T: Copy + Default>(data: &[T], heads: usize, rows: usize, cols: usize) -> Vec<T> {
     let hd = rows / heads;
     let half = hd / 2;
-    let mut out = vec![0.0f32; data.len()];
+    let mut out = vec![T::default(); data.len()];
     for h in 0..heads {
         for t in 0..2 {
             for j in 0..half {
@@ -112,6 +113,42 @@ impl TensorSource for GgufSource<'_> {
     }
 
     fn load(&self, hf_name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (gname, info) = self.lookup(hf_name, shape)?;
+        let data = self.file.dequantize(info)?;
+        if let Some(heads) = self.permuted_heads(&gname) {
+            let rows = shape[0];
+            let cols = if shape.len() > 1 { shape[1] } else { 1 };
+            return Ok(unpermute_rows(&data, heads, rows, cols));
+        }
+        Ok(data)
+    }
+
+    fn load_quant(&self, hf_name: &str, shape: [usize; 2]) -> Result<Option<QuantMatrix>> {
+        let (gname, info) = self.lookup(hf_name, &shape)?;
+        let Some(ty) = QType::from_ggml(info.dtype) else {
+            return Ok(None);
+        };
+        let [rows, cols] = shape;
+        let m = match self.permuted_heads(&gname) {
+            Some(heads) => {
+                // A row is whole blocks, so the permutation moves rows of bytes (a copy).
+                let data = self.file.bytes(info);
+                let data = unpermute_rows(data, heads, rows, data.len() / rows.max(1));
+                QuantMatrix::new(ty, rows, cols, data)
+            }
+            None => {
+                let (map, range) = self.file.mapped(info);
+                QuantMatrix::mapped(ty, rows, cols, map, range)
+            }
+        };
+        m.map(Some)
+            .map_err(|m| Error::tensor(&self.file.path, &gname, m))
+    }
+}
+
+impl GgufSource<'_> {
+    /// The GGUF tensor behind an HF name, checked to have `shape`.
+    fn lookup(&self, hf_name: &str, shape: &[usize]) -> Result<(String, &TensorInfo)> {
         let gname = gguf_name(hf_name).ok_or_else(|| {
             Error::tensor(
                 &self.file.path,
@@ -132,16 +169,17 @@ impl TensorSource for GgufSource<'_> {
                 format!("shape {:?} (GGUF order), expected {:?}", info.dims, want),
             ));
         }
-        let data = self.file.dequantize(info)?;
+        Ok((gname, info))
+    }
+
+    /// Heads of a q/k projection whose rows llama.cpp permuted (None for other tensors).
+    fn permuted_heads(&self, gname: &str) -> Option<usize> {
+        if !self.unpermute_qk {
+            return None;
+        }
         let is_q = gname.ends_with("attn_q.weight") || gname.ends_with("attn_q.bias");
         let is_k = gname.ends_with("attn_k.weight") || gname.ends_with("attn_k.bias");
-        if self.unpermute_qk && (is_q || is_k) {
-            let heads = if is_q { self.heads } else { self.kv_heads };
-            let rows = shape[0];
-            let cols = if shape.len() > 1 { shape[1] } else { 1 };
-            return Ok(unpermute_rows(&data, heads, rows, cols));
-        }
-        Ok(data)
+        (is_q || is_k).then_some(if is_q { self.heads } else { self.kv_heads })
     }
 }
 

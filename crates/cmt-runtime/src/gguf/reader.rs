@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -91,7 +92,7 @@ pub struct GgufFile {
     pub metadata: HashMap<String, Value>,
     pub tensors: Vec<TensorInfo>,
     index: HashMap<String, usize>,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
 }
 
 struct Cursor<'a> {
@@ -304,7 +305,7 @@ impl GgufFile {
             metadata,
             tensors,
             index,
-            mmap,
+            mmap: Arc::new(mmap),
         })
     }
 
@@ -319,6 +320,13 @@ impl GgufFile {
     /// The raw bytes of a tensor (bounds were checked at open).
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
         &self.mmap[info.offset as usize..(info.offset + info.n_bytes) as usize]
+    }
+
+    /// The file's map and a tensor's byte range in it, for weights that are read in place
+    /// (they keep the map alive after this `GgufFile` is dropped).
+    pub fn mapped(&self, info: &TensorInfo) -> (Arc<Mmap>, std::ops::Range<usize>) {
+        let start = info.offset as usize;
+        (self.mmap.clone(), start..start + info.n_bytes as usize)
     }
 
     /// A tensor dequantised to f32, in row-major order (last GGUF dim slowest).

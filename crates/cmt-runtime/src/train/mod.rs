@@ -194,7 +194,7 @@ impl Model<CpuBackend> {
         let scale = 1.0 / picks.len() as f32;
         tape.d_xn_final.clear();
         tape.d_xn_final.resize(tape.rows * d, 0.0);
-        let head = &self.weights.lm_head().buf;
+        let head = self.weights.lm_head().dense_buf("the training loss")?;
         let mut xin = vec![0.0f32; LOSS_CHUNK * d];
         let mut logits = vec![0.0f32; LOSS_CHUNK * v];
         let mut dxn = vec![0.0f32; LOSS_CHUNK * d];
@@ -276,15 +276,47 @@ impl Model<CpuBackend> {
             let w = &self.weights.layers[l];
             let lt = &tape.layers[l];
             // MLP: x_out = x_mid + down(silu(gate(n2)) · up(n2)), n2 = rmsnorm(x_mid)
-            matmul_nn(&dx, &w.w_down.buf, &mut d_act, rows, d, f, false);
+            matmul_nn(
+                &dx,
+                w.w_down.dense_buf("the backward")?,
+                &mut d_act,
+                rows,
+                d,
+                f,
+                false,
+            );
             dg.copy_from_slice(&lt.gate[..rows * f]);
             du.copy_from_slice(&lt.up[..rows * f]);
             ops::swiglu_backward(&mut dg, &mut du, &d_act);
-            matmul_nn(&dg, &w.w_gate.buf, &mut dxn, rows, f, d, false);
-            matmul_nn(&du, &w.w_up.buf, &mut dxn, rows, f, d, true);
+            matmul_nn(
+                &dg,
+                w.w_gate.dense_buf("the backward")?,
+                &mut dxn,
+                rows,
+                f,
+                d,
+                false,
+            );
+            matmul_nn(
+                &du,
+                w.w_up.dense_buf("the backward")?,
+                &mut dxn,
+                rows,
+                f,
+                d,
+                true,
+            );
             ops::rmsnorm_backward(&lt.x_mid, &w.ffn_norm, &dxn, &mut dx, cfg.rms_eps);
             // Attention: x_mid = x_in + o(attn(rope(q(n1)), [prefix; rope(k(n1))], [prefix; v(n1)]))
-            matmul_nn(&dx, &w.wo.buf, &mut d_att, rows, d, qd, false);
+            matmul_nn(
+                &dx,
+                w.wo.dense_buf("the backward")?,
+                &mut d_att,
+                rows,
+                d,
+                qd,
+                false,
+            );
             self.attention_backward(sess, tape, l, &d_att, &mut dq, &mut dk_cache, &mut dv_cache);
             for (si, span) in tape.spans.iter().enumerate() {
                 let p = tape.prefix_lens[si];
@@ -321,9 +353,33 @@ impl Model<CpuBackend> {
                 &self.rope.cos,
                 &self.rope.sin,
             );
-            matmul_nn(&dq, &w.wq.buf, &mut dxn, rows, qd, d, false);
-            matmul_nn(&dk_rows, &w.wk.buf, &mut dxn, rows, kvd, d, true);
-            matmul_nn(&dv_rows, &w.wv.buf, &mut dxn, rows, kvd, d, true);
+            matmul_nn(
+                &dq,
+                w.wq.dense_buf("the backward")?,
+                &mut dxn,
+                rows,
+                qd,
+                d,
+                false,
+            );
+            matmul_nn(
+                &dk_rows,
+                w.wk.dense_buf("the backward")?,
+                &mut dxn,
+                rows,
+                kvd,
+                d,
+                true,
+            );
+            matmul_nn(
+                &dv_rows,
+                w.wv.dense_buf("the backward")?,
+                &mut dxn,
+                rows,
+                kvd,
+                d,
+                true,
+            );
             ops::rmsnorm_backward(&lt.x_in, &w.attn_norm, &dxn, &mut dx, cfg.rms_eps);
         }
         for (si, span) in tape.spans.iter().enumerate() {

@@ -5,8 +5,9 @@ pub mod simd;
 
 pub use matmul::{matmul_nn, matmul_nt, SKINNY_MAX_M};
 
-use super::{AttnShape, Backend, Mat, RopeTable, SeqSpan};
+use super::{AttnShape, Backend, Mat, MatData, RopeTable, SeqSpan};
 use crate::error::{Error, Result};
+use crate::quant::matmul::quant_matmul_nt;
 use rayon::prelude::*;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -107,7 +108,11 @@ impl Backend for CpuBackend {
         if let Some(b) = bias {
             check("matmul bias", b.len(), w.rows)?;
         }
-        matmul_nt(x, &w.buf, bias.map(|b| &b[..]), out, m, w.rows, w.cols);
+        let bias = bias.map(|b| &b[..]);
+        match &w.data {
+            MatData::Dense(buf) => matmul_nt(x, buf, bias, out, m, w.rows, w.cols),
+            MatData::Quant(q) => quant_matmul_nt(x, q, bias, out, m),
+        }
         Ok(())
     }
 

@@ -1,0 +1,143 @@
+//! out[m, n] = x[m, k] · wᵀ (+ bias) for a quantised w [n, k].
+//!
+//! Decode (m ≤ [`INT8_MAX_M`]) is bound by reading w once: x is quantised to 8-bit blocks
+//! once, and each rayon task streams a band of w's rows, dotting each with all m rows while
+//! it is in L1. Prefill is compute bound: each task dequantises a tile of w's rows to f32
+//! (exactly the values the f32 path holds) and hands it to the `gemm` crate's kernels, so
+//! prefill keeps the f32 path's speed and accuracy at a fraction of its memory.
+use super::acts::QuantActs;
+use super::dot::DotKernel;
+use super::QuantMatrix;
+use rayon::prelude::*;
+
+/// Up to this many rows, the int8 dot path; above, dequantised tiles into the f32 GEMM
+/// (the same bound as the f32 path's streaming kernel; see `docs/perf.md`).
+pub const INT8_MAX_M: usize = crate::backend::cpu::SKINNY_MAX_M;
+/// Output features per task on the int8 path.
+const ROWS_PER_TASK: usize = 64;
+/// Weight rows dequantised per tile on the GEMM path (64 × 1536 f32 = 384 KiB at most for
+/// the default model: stays in L2).
+const TILE_ROWS: usize = 64;
+
+pub fn quant_matmul_nt(
+    x: &[f32],
+    w: &QuantMatrix,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+) {
+    if m <= INT8_MAX_M {
+        matmul_int8(DotKernel::best(), x, w, bias, out, m);
+    } else {
+        matmul_dequant_gemm(x, w, bias, out, m);
+    }
+}
+
+fn check(x: &[f32], w: &QuantMatrix, bias: Option<&[f32]>, out: &[f32], m: usize) {
+    assert!(
+        x.len() >= m * w.cols && out.len() >= m * w.rows,
+        "quant matmul: buffers too small"
+    );
+    if let Some(b) = bias {
+        assert!(b.len() >= w.rows, "quant matmul: bias too small");
+    }
+}
+
+/// The int8 path with a chosen kernel (tests run every level through here).
+pub fn matmul_int8(
+    kernel: DotKernel,
+    x: &[f32],
+    w: &QuantMatrix,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+) {
+    check(x, w, bias, out, m);
+    let (n, k) = (w.rows, w.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let acts = QuantActs::quantize_planes(x, m, k, w.act_planes);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..n.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .for_each(|t| {
+            let optr = out_ptr;
+            for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
+                let wr = w.row(j);
+                let b = bias.map_or(0.0, |b| b[j]);
+                for i in 0..m {
+                    let mut v = kernel.dot(&wr, &acts.row(i)) + b;
+                    if let Some(r) = &acts.residual {
+                        v += kernel.dot(&wr, &r.row(i));
+                    }
+                    // SAFETY: i < m and j < n, so i·n + j < m·n <= out.len() (checked); column
+                    // j belongs to this task alone, so no two threads write one element.
+                    unsafe { *optr.0.add(i * n + j) = v };
+                }
+            }
+        });
+}
+
+/// The prefill path: f32 tiles of w into the GEMM, tiles over threads.
+pub fn matmul_dequant_gemm(
+    x: &[f32],
+    w: &QuantMatrix,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+) {
+    check(x, w, bias, out, m);
+    let (n, k) = (w.rows, w.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..n.div_ceil(TILE_ROWS)).into_par_iter().for_each(|t| {
+        let (j0, j1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(n));
+        let mut tile = vec![0.0f32; (j1 - j0) * k];
+        w.dequantize_rows(j0, j1, &mut tile);
+        let optr = out_ptr;
+        // SAFETY: dst is out's columns j0..j1 of all m rows (col stride 1, row stride n),
+        // inside out (checked) and written by this task only; lhs = x [m, k] row-major;
+        // rhs = tileᵀ, element (kk, jj) at tile[jj·k + kk]. Nothing aliases dst.
+        unsafe {
+            gemm::gemm(
+                m,
+                j1 - j0,
+                k,
+                optr.0.add(j0),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                tile.as_ptr(),
+                k as isize,
+                1,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        if let Some(b) = bias {
+            for i in 0..m {
+                for (j, &bj) in b.iter().enumerate().take(j1).skip(j0) {
+                    // SAFETY: as above, element (i, j) of this task's columns.
+                    unsafe { *optr.0.add(i * n + j) += bj };
+                }
+            }
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint output columns to rayon tasks (see above).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}

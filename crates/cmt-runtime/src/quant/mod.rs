@@ -1,0 +1,227 @@
+//! Weights kept in their GGUF block layout (Q8_0, Q4_0, Q4_1) and the matmul that reads them
+//! without an f32 copy: activations are quantised to 8-bit blocks once per op, and every
+//! output is a sum of per-block integer dot products scaled in f32.
+//!
+//! Layout of the modules: [`QuantMatrix`] (the stored rows), [`acts`] (activation
+//! quantisation), [`dot`] (the per-type dot kernels at each SIMD level, with a portable
+//! reference), [`matmul`] (rows over threads; the dequantised-tile GEMM for prefill).
+pub mod acts;
+pub mod dot;
+pub mod matmul;
+
+use crate::gguf::{dequantize, GgmlType};
+use half::f16;
+use memmap2::Mmap;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Elements per quantisation block (all kept types use 32).
+pub const BLOCK: usize = 32;
+/// Readable entries past the end of each scale/minimum table (see [`QuantMatrix::row`]).
+pub const TABLE_PAD: usize = 16;
+
+/// The block types kept quantised; every other GGUF type is dequantised at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QType {
+    /// f16 scale d, 32 × i8: x = d·q.
+    Q8_0,
+    /// f16 scale d, 16 bytes of nibbles: x = d·(q − 8).
+    Q4_0,
+    /// f16 scale d, f16 minimum m, 16 bytes of nibbles: x = d·q + m.
+    Q4_1,
+}
+
+impl QType {
+    pub fn from_ggml(t: GgmlType) -> Option<QType> {
+        match t {
+            GgmlType::Q8_0 => Some(QType::Q8_0),
+            GgmlType::Q4_0 => Some(QType::Q4_0),
+            GgmlType::Q4_1 => Some(QType::Q4_1),
+            _ => None,
+        }
+    }
+    pub fn ggml(self) -> GgmlType {
+        match self {
+            QType::Q8_0 => GgmlType::Q8_0,
+            QType::Q4_0 => GgmlType::Q4_0,
+            QType::Q4_1 => GgmlType::Q4_1,
+        }
+    }
+    /// Bytes per block of 32 elements.
+    pub fn block_bytes(self) -> usize {
+        self.ggml().block().1
+    }
+}
+
+/// A [rows, cols] weight (HF layout: a row is one output feature) stored as GGUF blocks,
+/// row after row; cols is a whole number of blocks.
+#[derive(Debug, Clone)]
+pub struct QuantMatrix {
+    pub ty: QType,
+    pub rows: usize,
+    pub cols: usize,
+    data: Blocks,
+    /// Every block's scale d, [rows × cols/32], copied out of the blocks at load so that
+    /// the AVX-512 kernel converts 16 of them with one instruction instead of one at a
+    /// time from 20-byte strides (2 bytes per block beside the file's 18–34).
+    scales: Vec<f16>,
+    /// Every block's minimum m (Q4_1 only; empty otherwise).
+    mins: Vec<f16>,
+    /// Activation planes the int8 matmul quantises x into for this matrix (1 or 2; see
+    /// [`acts::QuantActs::quantize_planes`]).
+    pub act_planes: usize,
+}
+
+/// One row of a [`QuantMatrix`], as the dot kernels read it.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightRow<'a> {
+    pub ty: QType,
+    /// The row's blocks in the GGUF layout.
+    pub blocks: &'a [u8],
+    /// Its blocks' scales (the same values the blocks hold), then at least [`TABLE_PAD`]
+    /// more readable entries (the next rows', or padding).
+    pub scales: &'a [f16],
+    /// Its blocks' minimums (Q4_1; empty otherwise), padded like `scales`.
+    pub mins: &'a [f16],
+}
+
+/// Where the blocks live: in the model file's memory map (no copy; the pages are the page
+/// cache's), or owned (rows a loader had to reorder, tests).
+#[derive(Debug, Clone)]
+enum Blocks {
+    Owned(Vec<u8>),
+    Mapped(Arc<Mmap>, Range<usize>),
+}
+
+impl Blocks {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Blocks::Owned(v) => v,
+            Blocks::Mapped(m, r) => &m[r.clone()],
+        }
+    }
+}
+
+impl QuantMatrix {
+    /// `data` must hold exactly rows × cols elements of `ty`, row-major.
+    pub fn new(ty: QType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, String> {
+        Self::checked(ty, rows, cols, Blocks::Owned(data))
+    }
+
+    /// The blocks at `range` of a memory-mapped file, read in place.
+    pub fn mapped(
+        ty: QType,
+        rows: usize,
+        cols: usize,
+        map: Arc<Mmap>,
+        range: Range<usize>,
+    ) -> Result<Self, String> {
+        if range.end > map.len() || range.start > range.end {
+            return Err(format!(
+                "bytes {range:?} are outside the {}-byte file",
+                map.len()
+            ));
+        }
+        Self::checked(ty, rows, cols, Blocks::Mapped(map, range))
+    }
+
+    fn checked(ty: QType, rows: usize, cols: usize, data: Blocks) -> Result<Self, String> {
+        if !cols.is_multiple_of(BLOCK) {
+            return Err(format!(
+                "{cols} columns are not a whole number of {BLOCK}-element {ty:?} blocks"
+            ));
+        }
+        let want = rows * (cols / BLOCK) * ty.block_bytes();
+        let have = data.as_slice().len();
+        if have != want {
+            return Err(format!(
+                "{have} bytes, expected {want} for [{rows}, {cols}] of {ty:?}"
+            ));
+        }
+        let bb = ty.block_bytes();
+        let field = |at: usize| -> Vec<f16> {
+            data.as_slice()
+                .chunks_exact(bb)
+                .map(|b| f16::from_le_bytes([b[at], b[at + 1]]))
+                .collect()
+        };
+        // TABLE_PAD zeros after the last row: the AVX-512 kernel loads 16 entries at a time
+        // without a mask, and the last row's last chunk may read past its end.
+        let padded = |mut v: Vec<f16>| {
+            v.extend([f16::ZERO; TABLE_PAD]);
+            v
+        };
+        let scales = padded(field(0));
+        let mins = if ty == QType::Q4_1 {
+            padded(field(2))
+        } else {
+            Vec::new()
+        };
+        Ok(QuantMatrix {
+            ty,
+            rows,
+            cols,
+            data,
+            scales,
+            mins,
+            act_planes: 1,
+        })
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.cols / BLOCK * self.ty.block_bytes()
+    }
+
+    /// The blocks of row `r`.
+    pub fn row_blocks(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data.as_slice()[r * rb..(r + 1) * rb]
+    }
+
+    /// Row `r` with its scale (and minimum) tables.
+    pub fn row(&self, r: usize) -> WeightRow<'_> {
+        let nb = self.cols / BLOCK;
+        WeightRow {
+            ty: self.ty,
+            blocks: self.row_blocks(r),
+            scales: &self.scales[r * nb..(r + 1) * nb + TABLE_PAD],
+            mins: if self.mins.is_empty() {
+                &[]
+            } else {
+                &self.mins[r * nb..(r + 1) * nb + TABLE_PAD]
+            },
+        }
+    }
+
+    /// Row `r` as f32 (the exact values the f32 path loads).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        dequantize(self.ty.ggml(), self.row_blocks(r), &mut out[..self.cols])
+            .expect("row length checked at construction");
+    }
+
+    /// Rows `r0..r1` as f32, row-major into `out`.
+    pub fn dequantize_rows(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        dequantize(
+            self.ty.ggml(),
+            &self.data.as_slice()[r0 * rb..r1 * rb],
+            &mut out[..(r1 - r0) * self.cols],
+        )
+        .expect("row lengths checked at construction");
+    }
+
+    /// Bytes of blocks (what decode reads once per token, with [`Self::table_bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.data.as_slice().len()
+    }
+
+    /// Bytes of the scale and minimum tables.
+    pub fn table_bytes(&self) -> usize {
+        2 * (self.scales.len() + self.mins.len())
+    }
+
+    /// Whether the blocks are read in place from a memory-mapped file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.data, Blocks::Mapped(..))
+    }
+}

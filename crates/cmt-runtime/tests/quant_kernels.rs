@@ -1,0 +1,291 @@
+//! The quantised-weight kernels (`--weights native`) against the dequantise-then-f32
+//! reference, on random shapes: every block type, every SIMD level this CPU runs plus the
+//! portable one, block counts odd and even (the AVX-512 kernel takes blocks in pairs), row
+//! counts that leave ragged thread bands.
+//!
+//! The error bound. Activations are quantised per 32-element block b to q with scale
+//! d_b = max|x|/127, so |x_i − d_b·q_i| ≤ d_b/2. The integer block sums are exact, so
+//! against the exact dot Σ w_i·x_i of the dequantised weights w the kernel is off by at
+//! most Σ_b (d_b/2)·Σ_{i∈b} |w_i| (activation rounding) plus f32 rounding of the block
+//! terms, bounded here by 1e-5·Σ|w_i|·|x_i| + 1e-5·Σ|w_i|·d_b (a few ulps of each term).
+//! SIMD levels differ from the portable kernel only in the order of the f32 additions.
+use cmt_runtime::backend::cpu::matmul_nt;
+use cmt_runtime::quant::acts::QuantActs;
+use cmt_runtime::quant::dot::{DotKernel, SimdLevel};
+use cmt_runtime::quant::matmul::{matmul_dequant_gemm, matmul_int8, quant_matmul_nt};
+use cmt_runtime::quant::{QType, QuantMatrix, BLOCK};
+use half::f16;
+use proptest::prelude::*;
+
+const TYPES: [QType; 3] = [QType::Q8_0, QType::Q4_0, QType::Q4_1];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0
+    }
+}
+
+/// Random blocks: random quant bytes (Q8_0 includes −128, which a file may hold even if
+/// ggml's quantiser never writes it) and small finite f16 scale/minimum fields.
+fn random_matrix(ty: QType, rows: usize, cols: usize, seed: u64) -> QuantMatrix {
+    let mut r = Rng(seed | 1);
+    let bb = ty.block_bytes();
+    let mut data = Vec::with_capacity(rows * cols / BLOCK * bb);
+    for _ in 0..rows * cols / BLOCK {
+        let mut b: Vec<u8> = (0..bb).map(|_| r.next() as u8).collect();
+        let mut put =
+            |at: usize, v: f32| b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+        put(0, 0.05 * r.unit());
+        if ty == QType::Q4_1 {
+            put(2, 0.2 * r.unit());
+        }
+        data.extend(b);
+    }
+    QuantMatrix::new(ty, rows, cols, data).unwrap()
+}
+
+/// Activations with a spread of magnitudes across blocks, and one all-zero block when there
+/// is room (scale 0 must give 0, not NaN).
+fn random_acts(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut x: Vec<f32> = (0..n)
+        .map(|i| r.unit() * [0.01, 1.0, 30.0][(i / BLOCK) % 3])
+        .collect();
+    if n >= 3 * BLOCK {
+        x[2 * BLOCK..3 * BLOCK].fill(0.0);
+    }
+    x
+}
+
+fn dequantized(w: &QuantMatrix) -> Vec<f32> {
+    let mut out = vec![0.0; w.rows * w.cols];
+    w.dequantize_rows(0, w.rows, &mut out);
+    out
+}
+
+/// (exact dot in f64, the error bound above) of a dequantised row with x's row.
+fn reference(wrow: &[f32], x: &[f32], acts: &QuantActs, xrow: usize) -> (f64, f64) {
+    let nb = wrow.len() / BLOCK;
+    let (mut dot, mut quant, mut mag) = (0.0f64, 0.0f64, 0.0f64);
+    for b in 0..nb {
+        let d = acts.d[xrow * nb + b] as f64;
+        for i in b * BLOCK..(b + 1) * BLOCK {
+            let (w, v) = (wrow[i] as f64, x[i] as f64);
+            dot += w * v;
+            quant += d / 2.0 * w.abs();
+            mag += w.abs() * (v.abs() + d);
+        }
+    }
+    (dot, quant + 1e-5 * mag + 1e-30)
+}
+
+fn check_dot(ty: QType, nb: usize, seed: u64) {
+    let k = nb * BLOCK;
+    let w = random_matrix(ty, 1, k, seed);
+    let wf = dequantized(&w);
+    let x = random_acts(k, seed);
+    let acts = QuantActs::quantize(&x, 1, k);
+    let (want, bound) = reference(&wf, &x, &acts, 0);
+    let portable = DotKernel::new(SimdLevel::Portable)
+        .unwrap()
+        .dot(&w.row(0), &acts.row(0));
+    for level in SimdLevel::available() {
+        let got = DotKernel::new(level).unwrap().dot(&w.row(0), &acts.row(0));
+        assert!(
+            (got as f64 - want).abs() <= bound,
+            "{ty:?} {level:?} {nb} blocks: {got} vs exact {want} (bound {bound})"
+        );
+        // The same integer sums; only f32 addition order differs from the portable kernel.
+        let mag: f64 = wf.iter().zip(&x).map(|(a, b)| (a * b).abs() as f64).sum();
+        assert!(
+            (got - portable).abs() as f64 <= 1e-5 * (mag + bound),
+            "{ty:?} {level:?} {nb} blocks: {got} vs portable {portable}"
+        );
+    }
+}
+
+#[test]
+fn every_level_is_tested_here() {
+    // The levels this machine runs, so a CI log shows which kernels these tests covered.
+    eprintln!("SIMD levels on this CPU: {:?}", SimdLevel::available());
+    assert_eq!(SimdLevel::available()[0], SimdLevel::Portable);
+    assert_eq!(
+        DotKernel::best().level(),
+        *SimdLevel::available().last().unwrap()
+    );
+}
+
+#[test]
+fn dot_of_every_type_at_every_block_count_up_to_forty() {
+    // Past 32 blocks the AVX-512 kernel's 16-block scale chunks repeat, with masked tails.
+    for ty in TYPES {
+        for nb in 1..=40 {
+            check_dot(ty, nb, 17 + nb as u64);
+        }
+    }
+}
+
+#[test]
+fn q8_0_extremes_do_not_saturate() {
+    // w = −128 everywhere and x at ±127: the largest pair sums the kernels form.
+    let k = 4 * BLOCK;
+    let mut data = Vec::new();
+    for _ in 0..4 {
+        data.extend(f16::from_f32(0.01).to_le_bytes());
+        data.extend([0x80u8; 32]);
+    }
+    let w = QuantMatrix::new(QType::Q8_0, 1, k, data).unwrap();
+    let x: Vec<f32> = (0..k)
+        .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let acts = QuantActs::quantize(&x, 1, k);
+    let wf = dequantized(&w);
+    let (want, bound) = reference(&wf, &x, &acts, 0);
+    for level in SimdLevel::available() {
+        let got = DotKernel::new(level).unwrap().dot(&w.row(0), &acts.row(0));
+        assert!(
+            (got as f64 - want).abs() <= bound,
+            "{level:?}: {got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn a_second_plane_shrinks_the_activation_error_254_fold() {
+    let x = random_acts(5 * BLOCK, 9);
+    let a = QuantActs::quantize_planes(&x, 1, 5 * BLOCK, 2);
+    let r = a.residual.as_ref().expect("two planes asked for");
+    for (i, &v) in x.iter().enumerate() {
+        let b = i / BLOCK;
+        let got = a.d[b] * a.qs[i] as f32 + r.d[b] * r.qs[i] as f32;
+        assert!(r.d[b] <= a.d[b] / 254.0 * (1.0 + 1e-5), "block {b}");
+        assert!(
+            (v - got).abs() <= r.d[b] * 0.5 * (1.0 + 1e-5) + 1e-12,
+            "elt {i}: {v} vs {got}"
+        );
+    }
+}
+
+#[test]
+fn activation_quantisation_error_is_at_most_half_a_step() {
+    let x = random_acts(7 * BLOCK, 5);
+    let a = QuantActs::quantize(&x, 1, 7 * BLOCK);
+    for (b, xs) in x.chunks(BLOCK).enumerate() {
+        let mut sum = 0;
+        for (i, &v) in xs.iter().enumerate() {
+            let q = a.qs[b * BLOCK + i];
+            assert!(
+                q != i8::MIN,
+                "block {b}: −128 would break the symmetric range"
+            );
+            let err = (v - a.d[b] * q as f32).abs();
+            assert!(
+                err <= a.max_error(b) * (1.0 + 1e-6),
+                "block {b} elt {i}: {err}"
+            );
+            sum += q as i32;
+        }
+        assert_eq!(sum, a.sum[b], "block {b}: stored Σq");
+        assert_eq!(a.dsum[b], a.d[b] * sum as f32, "block {b}: stored d·Σq");
+    }
+}
+
+/// The int8 matmul at `level` against the f32 matmul of the dequantised weights, each
+/// output within the bound above (plus the bias, added exactly).
+/// With two planes the bound is the second plane's: x − d₁q₁ is quantised again, so the
+/// per-element error is at most d₂/2 ≤ d₁/508.
+fn check_int8_matmul(
+    level: SimdLevel,
+    ty: QType,
+    (m, n, nb): (usize, usize, usize),
+    planes: usize,
+    seed: u64,
+) {
+    let k = nb * BLOCK;
+    let mut w = random_matrix(ty, n, k, seed);
+    w.act_planes = planes;
+    let wf = dequantized(&w);
+    let x = random_acts(m * k, seed + 1);
+    let bias: Vec<f32> = random_acts(n, seed + 2);
+    let planed = QuantActs::quantize_planes(&x, m, k, planes);
+    let acts = match &planed.residual {
+        Some(r) => r.as_ref().clone(),
+        None => planed.clone(),
+    };
+    let mut got = vec![f32::NAN; m * n];
+    matmul_int8(
+        DotKernel::new(level).unwrap(),
+        &x,
+        &w,
+        Some(&bias),
+        &mut got,
+        m,
+    );
+    for i in 0..m {
+        for j in 0..n {
+            let (want, bound) =
+                reference(&wf[j * k..(j + 1) * k], &x[i * k..(i + 1) * k], &acts, i);
+            let want = want + bias[j] as f64;
+            let g = got[i * n + j] as f64;
+            assert!(
+                (g - want).abs() <= bound + 1e-6 * want.abs(),
+                "{ty:?} {level:?} m{m} n{n} k{k}: out[{i},{j}] {g} vs {want} (bound {bound})"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn dot_matches_the_dequantised_reference(t in 0usize..3, nb in 1usize..40, seed in 1u64..u64::MAX) {
+        check_dot(TYPES[t], nb, seed);
+    }
+
+    #[test]
+    fn int8_matmul_matches_f32_on_ragged_shapes(
+        t in 0usize..3, m in 1usize..=8, n in 1usize..200, nb in 1usize..8, seed in 1u64..u64::MAX,
+    ) {
+        for level in SimdLevel::available() {
+            for planes in [1, 2] {
+                check_int8_matmul(level, TYPES[t], (m, n, nb), planes, seed);
+            }
+        }
+    }
+
+    /// The prefill path holds the exact f32 values the f32 path loads, so it matches the f32
+    /// matmul up to summation order.
+    #[test]
+    fn dequantised_gemm_matches_f32_matmul(
+        t in 0usize..3, m in 9usize..40, n in 1usize..200, nb in 1usize..8, seed in 1u64..u64::MAX,
+    ) {
+        let (ty, k) = (TYPES[t], nb * BLOCK);
+        let w = random_matrix(ty, n, k, seed);
+        let wf = dequantized(&w);
+        let x = random_acts(m * k, seed + 1);
+        let bias = random_acts(n, seed + 2);
+        let mut want = vec![0.0; m * n];
+        matmul_nt(&x, &wf, Some(&bias), &mut want, m, n, k);
+        let mut got = vec![f32::NAN; m * n];
+        matmul_dequant_gemm(&x, &w, Some(&bias), &mut got, m);
+        let mut via_dispatch = vec![f32::NAN; m * n];
+        quant_matmul_nt(&x, &w, Some(&bias), &mut via_dispatch, m);
+        for i in 0..m {
+            for j in 0..n {
+                let mag: f32 = (0..k).map(|c| (x[i * k + c] * wf[j * k + c]).abs()).sum::<f32>() + bias[j].abs();
+                let (g, v, e) = (got[i * n + j], via_dispatch[i * n + j], want[i * n + j]);
+                prop_assert!((g - e).abs() <= 1e-5 * mag + 1e-7, "out[{},{}] {} vs f32 {}", i, j, g, e);
+                prop_assert_eq!(g.to_bits(), v.to_bits(), "dispatch for m = {} is the GEMM path", m);
+            }
+        }
+    }
+}
