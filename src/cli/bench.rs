@@ -13,7 +13,8 @@ pub struct BenchArgs {
     model: Option<std::path::PathBuf>,
     /// How the weight matrices are held while running: `native` keeps a GGUF's
     /// Q8_0/Q4_0/Q4_1 blocks (int8 dot products; other types load as f32), `f32`
-    /// dequantises everything (the golden path).
+    /// dequantises everything (the golden path), `bf16` stores every matrix as bf16 (half
+    /// of f32's bytes; exact for bf16 checkpoints).
     #[arg(long, default_value = "native")]
     weights: WeightFormat,
     /// Prompt tokens prefilled in one step (a fixed id sequence, tokenizer-independent).

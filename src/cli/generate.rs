@@ -15,7 +15,8 @@ pub struct GenerateArgs {
     model: Option<PathBuf>,
     /// How the weight matrices are held: `native` keeps a GGUF's Q8_0/Q4_0/Q4_1 blocks
     /// (int8 dot products, about a sixth of f32's memory; other types load as f32), `f32`
-    /// dequantises everything (the golden path).
+    /// dequantises everything (the golden path), `bf16` stores every matrix as bf16 (half
+    /// of f32's bytes; exact for bf16 checkpoints).
     #[arg(long, default_value = "native")]
     weights: WeightFormat,
     /// The prompt, used verbatim (no chat template, no BOS unless the tokenizer adds one).
@@ -44,7 +45,8 @@ pub struct ScoreArgs {
     model: Option<PathBuf>,
     /// How the weight matrices are held: `native` keeps a GGUF's Q8_0/Q4_0/Q4_1 blocks
     /// (int8 dot products, about a sixth of f32's memory; other types load as f32), `f32`
-    /// dequantises everything (the golden path).
+    /// dequantises everything (the golden path), `bf16` stores every matrix as bf16 (half
+    /// of f32's bytes; exact for bf16 checkpoints).
     #[arg(long, default_value = "native")]
     weights: WeightFormat,
     /// The text to score, tokenised without special tokens.

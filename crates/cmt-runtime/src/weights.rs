@@ -3,6 +3,7 @@
 use crate::backend::{Backend, Mat, MatData};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::quant::bf16::Bf16Matrix;
 use crate::quant::QuantMatrix;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -31,6 +32,8 @@ pub enum WeightFormat {
     /// Q8_0 / Q4_0 / Q4_1 GGUF matrices kept in their blocks; any other type (and every HF
     /// directory) is loaded as f32.
     Native,
+    /// Every matrix stored as bf16 (exact for bf16 checkpoints, rounded from others).
+    Bf16,
 }
 
 impl std::str::FromStr for WeightFormat {
@@ -39,9 +42,10 @@ impl std::str::FromStr for WeightFormat {
         match s {
             "f32" => Ok(WeightFormat::F32),
             "native" => Ok(WeightFormat::Native),
+            "bf16" => Ok(WeightFormat::Bf16),
             other => Err(format!(
                 "unknown weight format `{other}` (native: keep the file's Q8_0/Q4_0/Q4_1 \
-                 blocks; f32: dequantise everything)"
+                 blocks; bf16: store every matrix as bf16; f32: dequantise everything)"
             )),
         }
     }
@@ -52,6 +56,7 @@ impl std::fmt::Display for WeightFormat {
         f.write_str(match self {
             WeightFormat::F32 => "f32",
             WeightFormat::Native => "native",
+            WeightFormat::Bf16 => "bf16",
         })
     }
 }
@@ -103,6 +108,13 @@ impl<B: Backend> Weights<B> {
             }
             let data = src.load(name, &[rows, cols])?;
             check_finite(src.path(), name, &data)?;
+            if format == WeightFormat::Bf16 {
+                return Ok(Mat {
+                    data: MatData::Bf16(Bf16Matrix::from_f32(rows, cols, &data)),
+                    rows,
+                    cols,
+                });
+            }
             Ok(Mat::dense(be.upload(data)?, rows, cols))
         };
         let vec = |name: &str, n: usize| -> Result<B::Buf> {
@@ -159,7 +171,7 @@ impl<B: Backend> Weights<B> {
         let e = &self.embed;
         match &e.data {
             MatData::Dense(buf) => be.gather_rows(buf, e.cols, ids, out, out_row),
-            MatData::Quant(q) => {
+            MatData::Quant(_) | MatData::Bf16(_) => {
                 let mut host = vec![0.0f32; ids.len() * e.cols];
                 for (row, &id) in host.chunks_exact_mut(e.cols).zip(ids) {
                     if id as usize >= e.rows {
@@ -168,7 +180,7 @@ impl<B: Backend> Weights<B> {
                             e.rows
                         )));
                     }
-                    q.dequantize_row(id as usize, row);
+                    e.row_to_host(be, id as usize, row)?;
                 }
                 be.write(out, out_row * e.cols, &host)
             }
@@ -179,7 +191,8 @@ impl<B: Backend> Weights<B> {
     pub fn matrix_bytes(&self) -> usize {
         self.sum_matrices(|m| match &m.data {
             MatData::Dense(_) => m.rows * m.cols * 4,
-            MatData::Quant(q) => q.bytes(),
+            MatData::Quant(q) => q.bytes() + q.table_bytes(),
+            MatData::Bf16(b) => b.bytes(),
         })
     }
 

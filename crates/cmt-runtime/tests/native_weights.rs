@@ -187,3 +187,28 @@ fn q8_0_copy_within_0_2_percent_of_the_f32_path() {
         "token by token {stepwise} vs f32 {reference}"
     );
 }
+
+/// `--weights bf16` rounds the golden Q4_1 values to bf16 (8 mantissa bits), so the loss
+/// moves a little from HF's; decode keeps f32 activations, so token by token equals prefill
+/// up to summation order.
+#[test]
+fn bf16_storage_within_one_percent_of_hf() {
+    let fx = require!(Fixtures::load(), "../shared fixtures");
+    let path = require!(common::default_model_path(), "default model");
+    let m = load(&path, WeightFormat::Bf16);
+    assert_eq!(m.weights.matrix_bytes() * 2, m.weights.matrix_bytes_f32());
+    let ids = fx.ids("ppl.ids");
+    let hf = fx.f32("ppl.loss").0[0] as f64;
+    let mut sess = m.session(1, ids.len()).unwrap();
+    let prefill = text_loss(&m, &mut sess, &ids).unwrap();
+    let stepwise = stepwise_loss(&m, &ids);
+    eprintln!("bf16 ppl loss: HF {hf:.6}, prefill {prefill:.6}, token by token {stepwise:.6}");
+    assert!(
+        (prefill - hf).abs() <= 0.01 * hf,
+        "prefill {prefill} vs HF {hf}"
+    );
+    assert!(
+        (stepwise - prefill).abs() <= 1e-4,
+        "token by token {stepwise} vs prefill {prefill}"
+    );
+}

@@ -289,3 +289,74 @@ proptest! {
         }
     }
 }
+
+mod bf16_storage {
+    use super::*;
+    use cmt_runtime::quant::bf16::{dot_bf16, matmul_bf16_gemv, portable, Bf16Matrix};
+    use cmt_runtime::quant::matmul::bf16_matmul_nt;
+
+    #[test]
+    fn bf16_values_are_stored_exactly_and_others_round_to_nearest_even() {
+        let exact: Vec<f32> = (0..64)
+            .map(|i| half::bf16::from_f32(i as f32 * 0.37 - 9.0).to_f32())
+            .collect();
+        let m = Bf16Matrix::from_f32(2, 32, &exact);
+        let mut back = vec![0.0; 64];
+        m.dequantize_rows(0, 2, &mut back);
+        assert_eq!(back, exact);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties to the even mantissa (1.0);
+        // 1 + 3·2^-8 halfway between 1 + 2^-7 and 1 + 2^-6: to 1 + 2^-6.
+        let m = Bf16Matrix::from_f32(1, 2, &[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0]);
+        let mut back = vec![0.0; 2];
+        m.dequantize_rows(0, 1, &mut back);
+        assert_eq!(back, [1.0, 1.0 + 1.0 / 64.0]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The widening is exact, so every level is the f32 dot of the stored values up
+        /// to summation order.
+        #[test]
+        fn bf16_dot_matches_f32_at_every_level(k in 1usize..300, seed in 1u64..u64::MAX) {
+            let w = Bf16Matrix::from_f32(1, k, &random_acts(k, seed));
+            let x = random_acts(k, seed + 7);
+            let mut wf = vec![0.0; k];
+            w.dequantize_rows(0, 1, &mut wf);
+            let exact: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let mag: f64 = wf.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+            prop_assert!((portable(&x, w.row(0)) as f64 - exact).abs() <= 1e-6 * mag + 1e-30);
+            for level in SimdLevel::available() {
+                let got = dot_bf16(level, &x, w.row(0)) as f64;
+                prop_assert!((got - exact).abs() <= 1e-6 * mag + 1e-30, "{:?}: {} vs {}", level, got, exact);
+            }
+        }
+
+        #[test]
+        fn bf16_matmul_matches_f32_matmul(m in 1usize..24, n in 1usize..150, k in 1usize..100, seed in 1u64..u64::MAX) {
+            let w = Bf16Matrix::from_f32(n, k, &random_acts(n * k, seed));
+            let mut wf = vec![0.0; n * k];
+            w.dequantize_rows(0, n, &mut wf);
+            let x = random_acts(m * k, seed + 1);
+            let bias = random_acts(n, seed + 2);
+            let mut want = vec![0.0; m * n];
+            matmul_nt(&x, &wf, Some(&bias), &mut want, m, n, k);
+            let mut got = vec![f32::NAN; m * n];
+            bf16_matmul_nt(&x, &w, Some(&bias), &mut got, m);
+            let mut gemv = vec![f32::NAN; m * n];
+            if m <= 8 {
+                matmul_bf16_gemv(SimdLevel::Portable, &x, &w, Some(&bias), &mut gemv, m);
+            }
+            for i in 0..m {
+                for j in 0..n {
+                    let mag: f32 = (0..k).map(|c| (x[i * k + c] * wf[j * k + c]).abs()).sum::<f32>() + bias[j].abs();
+                    let e = want[i * n + j];
+                    prop_assert!((got[i * n + j] - e).abs() <= 1e-5 * mag + 1e-7, "out[{},{}] {} vs {}", i, j, got[i * n + j], e);
+                    if m <= 8 {
+                        prop_assert!((gemv[i * n + j] - e).abs() <= 1e-5 * mag + 1e-7, "portable out[{},{}]", i, j);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! every op states its shapes in row-major terms.
 pub mod cpu;
 
+pub use crate::quant::bf16::Bf16Matrix;
 pub use crate::quant::QuantMatrix;
 pub use cpu::CpuBackend;
 
@@ -47,6 +48,8 @@ pub enum MatData<B: Backend + ?Sized> {
     Dense(B::Buf),
     /// GGUF blocks in host memory (`--weights native`; the CPU backend's matmul reads them).
     Quant(QuantMatrix),
+    /// bf16 in host memory (`--weights bf16`).
+    Bf16(Bf16Matrix),
 }
 
 impl<B: Backend + ?Sized> Mat<B> {
@@ -67,13 +70,17 @@ impl<B: Backend + ?Sized> Mat<B> {
                  kept (--weights native); load it with --weights f32",
                 q.ty
             ))),
+            MatData::Bf16(_) => Err(crate::Error::Invalid(format!(
+                "{what} needs f32 weights, but this model was loaded as bf16 \
+                 (--weights bf16); load it with --weights f32"
+            ))),
         }
     }
 
     pub fn quant(&self) -> Option<&QuantMatrix> {
         match &self.data {
             MatData::Quant(q) => Some(q),
-            MatData::Dense(_) => None,
+            MatData::Dense(_) | MatData::Bf16(_) => None,
         }
     }
 
@@ -92,6 +99,10 @@ impl<B: Backend + ?Sized> Mat<B> {
             MatData::Dense(b) => be.download(b, r * self.cols, &mut out[..self.cols]),
             MatData::Quant(q) => {
                 q.dequantize_row(r, out);
+                Ok(())
+            }
+            MatData::Bf16(b) => {
+                b.dequantize_rows(r, r + 1, out);
                 Ok(())
             }
         }

@@ -33,6 +33,21 @@ pub fn quant_matmul_nt(
     }
 }
 
+/// The bf16 matmul: f32-activation GEMV for decode, dequantised tiles for prefill.
+pub fn bf16_matmul_nt(
+    x: &[f32],
+    w: &super::bf16::Bf16Matrix,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+) {
+    if m <= INT8_MAX_M {
+        super::bf16::matmul_bf16_gemv(DotKernel::best().level(), x, w, bias, out, m);
+    } else {
+        matmul_dequant_gemm(x, w, bias, out, m);
+    }
+}
+
 fn check(x: &[f32], w: &QuantMatrix, bias: Option<&[f32]>, out: &[f32], m: usize) {
     assert!(
         x.len() >= m * w.cols && out.len() >= m * w.rows,
@@ -79,16 +94,44 @@ pub fn matmul_int8(
         });
 }
 
+/// A weight matrix that can hand out rows as f32 (the prefill path's tiles).
+pub trait DequantRows: Sync {
+    fn shape(&self) -> (usize, usize);
+    /// Rows `r0..r1` as f32, row-major into `out`.
+    fn rows_f32(&self, r0: usize, r1: usize, out: &mut [f32]);
+}
+
+impl DequantRows for QuantMatrix {
+    fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+    fn rows_f32(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        self.dequantize_rows(r0, r1, out)
+    }
+}
+
+impl DequantRows for super::bf16::Bf16Matrix {
+    fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+    fn rows_f32(&self, r0: usize, r1: usize, out: &mut [f32]) {
+        self.dequantize_rows(r0, r1, out)
+    }
+}
+
 /// The prefill path: f32 tiles of w into the GEMM, tiles over threads.
-pub fn matmul_dequant_gemm(
+pub fn matmul_dequant_gemm<W: DequantRows + ?Sized>(
     x: &[f32],
-    w: &QuantMatrix,
+    w: &W,
     bias: Option<&[f32]>,
     out: &mut [f32],
     m: usize,
 ) {
-    check(x, w, bias, out, m);
-    let (n, k) = (w.rows, w.cols);
+    let (n, k) = w.shape();
+    assert!(
+        x.len() >= m * k && out.len() >= m * n && bias.is_none_or(|b| b.len() >= n),
+        "dequantised-tile matmul: buffers too small"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -96,7 +139,7 @@ pub fn matmul_dequant_gemm(
     (0..n.div_ceil(TILE_ROWS)).into_par_iter().for_each(|t| {
         let (j0, j1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(n));
         let mut tile = vec![0.0f32; (j1 - j0) * k];
-        w.dequantize_rows(j0, j1, &mut tile);
+        w.rows_f32(j0, j1, &mut tile);
         let optr = out_ptr;
         // SAFETY: dst is out's columns j0..j1 of all m rows (col stride 1, row stride n),
         // inside out (checked) and written by this task only; lhs = x [m, k] row-major;
@@ -136,7 +179,7 @@ pub fn matmul_dequant_gemm(
 }
 
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: used only to hand disjoint output columns to rayon tasks (see above).
 unsafe impl Send for SendPtr {}
 // SAFETY: as above.

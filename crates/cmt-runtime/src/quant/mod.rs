@@ -6,6 +6,7 @@
 //! quantisation), [`dot`] (the per-type dot kernels at each SIMD level, with a portable
 //! reference), [`matmul`] (rows over threads; the dequantised-tile GEMM for prefill).
 pub mod acts;
+pub mod bf16;
 pub mod dot;
 pub mod matmul;
 

@@ -7,7 +7,7 @@ pub use matmul::{matmul_nn, matmul_nt, SKINNY_MAX_M};
 
 use super::{AttnShape, Backend, Mat, MatData, RopeTable, SeqSpan};
 use crate::error::{Error, Result};
-use crate::quant::matmul::quant_matmul_nt;
+use crate::quant::matmul::{bf16_matmul_nt, quant_matmul_nt};
 use rayon::prelude::*;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -112,6 +112,7 @@ impl Backend for CpuBackend {
         match &w.data {
             MatData::Dense(buf) => matmul_nt(x, buf, bias, out, m, w.rows, w.cols),
             MatData::Quant(q) => quant_matmul_nt(x, q, bias, out, m),
+            MatData::Bf16(b) => bf16_matmul_nt(x, b, bias, out, m),
         }
         Ok(())
     }
