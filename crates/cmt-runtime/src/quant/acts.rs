@@ -55,8 +55,12 @@ impl QuantActs {
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut s = 0i32;
             for (q, &v) in qs.iter_mut().zip(xs) {
-                // |v·id| ≤ 127 up to rounding of id; clamp so a rounding up never wraps.
-                let r = (v * id).round().clamp(-127.0, 127.0) as i8;
+                // Round to nearest even by adding and subtracting 1.5·2²³ (exact for
+                // |v·id| < 2²², inlined where `round_ties_even` is a libm call on baseline
+                // x86-64, which cost 5% of decode). |v·id| ≤ 127 up to rounding of id;
+                // clamp so a rounding up never wraps.
+                const MAGIC: f32 = 12_582_912.0;
+                let r = ((v * id + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i8;
                 *q = r;
                 s += r as i32;
             }

@@ -83,6 +83,12 @@ impl DotKernel {
 
     /// Σ over blocks of (weight row `w`) · (activation row `a`).
     pub fn dot(self, w: &WeightRow, a: &ActRow) -> f32 {
+        self.dot_planes(w, a, None)
+    }
+
+    /// w · (a + r): the dot with an activation row and, if given, its second plane.
+    #[inline]
+    pub fn dot_planes(self, w: &WeightRow, a: &ActRow, r: Option<&ActRow>) -> f32 {
         let nb = a.qs.len() / BLOCK;
         assert!(
             w.blocks.len() >= nb * w.ty.block_bytes()
@@ -95,18 +101,32 @@ impl DotKernel {
             w.blocks.len(),
             a.d.len()
         );
+        if let Some(r) = r {
+            assert!(
+                r.qs.len() >= nb * BLOCK
+                    && r.d.len() >= nb
+                    && r.sum.len() >= nb
+                    && r.dsum.len() >= nb,
+                "quantised dot: second activation plane shorter than the first"
+            );
+        }
         let (ty, wb) = (w.ty, w.blocks);
-        match self.level {
-            SimdLevel::Portable => portable(ty, wb, a.qs, a.d, a.sum, 0, nb),
+        let one = |a: &ActRow| match self.level {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a DotKernel of this level exists only where `supported()` said the CPU
             // has its features; the lengths were checked above for nb blocks.
             SimdLevel::Avx2 => unsafe { x86::dot_avx2(ty, wb, a.qs, a.d, a.sum, nb) },
+            _ => portable(ty, wb, a.qs, a.d, a.sum, 0, nb),
+        };
+        match (self.level, r) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above (the AVX-512 level's features; lengths of both planes).
+            (SimdLevel::Avx512Vnni, None) => unsafe { x86::dot_avx512::<false>(w, a, a, nb) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            SimdLevel::Avx512Vnni => unsafe { x86::dot_avx512(w, a, nb) },
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => portable(ty, wb, a.qs, a.d, a.sum, 0, nb),
+            (SimdLevel::Avx512Vnni, Some(r)) => unsafe { x86::dot_avx512::<true>(w, a, r, nb) },
+            (_, None) => one(a),
+            (_, Some(r)) => one(a) + one(r),
         }
     }
 }
@@ -249,17 +269,24 @@ mod x86 {
     }
 
     /// SAFETY: the CPU has AVX-512 F/BW/VL/VNNI, FMA and F16C; w holds nb blocks (and
-    /// their scales, and minimums for Q4_1), a nb blocks of activations.
+    /// their scales, and minimums for Q4_1), a and r nb blocks of activations each (r is
+    /// read only when TWO: the second activation plane, dotted with the same unpacked
+    /// weights, so the plane costs two `vpdpbusd` and no second unpacking).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn dot_avx512(w: &WeightRow, a: &ActRow, nb: usize) -> f32 {
+    pub(super) unsafe fn dot_avx512<const TWO: bool>(
+        w: &WeightRow,
+        a: &ActRow,
+        r: &ActRow,
+        nb: usize,
+    ) -> f32 {
         let ty = w.ty;
         let bb = ty.block_bytes();
         let base = w.blocks.as_ptr();
         let m4 = _mm256_set1_epi8(0x0f);
         let zero = _mm512_setzero_si512();
         let two = _mm512_set1_epi32(2);
-        // Two accumulators so consecutive pairs' FMAs do not wait on each other.
-        let mut acc = [_mm512_setzero_ps(); 2];
+        // Two accumulators per plane so consecutive pairs' FMAs do not wait on each other.
+        let mut acc = [_mm512_setzero_ps(); 4];
         let mut side = _mm512_setzero_ps();
         let paired = nb & !1;
         // Chunks of up to 16 blocks: their scale products dw·dx in one vector, from which
@@ -272,26 +299,31 @@ mod x86 {
             // the tables are read 16 entries at a time unmasked (masked 16-bit loads cost
             // a third of this kernel's time on Zen 4), which stays inside the table because
             // every table ends with TABLE_PAD readable entries; lanes past len are zeroed.
-            let (dw, dx, dsum) = unsafe {
-                (
-                    _mm512_maskz_mov_ps(
-                        mask,
-                        _mm512_cvtph_ps(_mm256_loadu_si256(
-                            w.scales.as_ptr().add(c0) as *const __m256i
-                        )),
-                    ),
-                    _mm512_maskz_loadu_ps(mask, a.d.as_ptr().add(c0)),
-                    _mm512_maskz_loadu_ps(mask, a.dsum.as_ptr().add(c0)),
-                )
+            let (dw, dwx, dwx2, dsum) = unsafe {
+                let dw = _mm512_maskz_mov_ps(
+                    mask,
+                    _mm512_cvtph_ps(_mm256_loadu_si256(
+                        w.scales.as_ptr().add(c0) as *const __m256i
+                    )),
+                );
+                let dx = _mm512_maskz_loadu_ps(mask, a.d.as_ptr().add(c0));
+                let mut dsum = _mm512_maskz_loadu_ps(mask, a.dsum.as_ptr().add(c0));
+                let mut dwx2 = _mm512_setzero_ps();
+                if TWO {
+                    dwx2 = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(mask, r.d.as_ptr().add(c0)));
+                    dsum =
+                        _mm512_add_ps(dsum, _mm512_maskz_loadu_ps(mask, r.dsum.as_ptr().add(c0)));
+                }
+                (dw, _mm512_mul_ps(dw, dx), dwx2, dsum)
             };
-            let dwx = _mm512_mul_ps(dw, dx);
+            // The side terms are linear in d·Σq, so both planes' add before one FMA.
             match ty {
                 QType::Q8_0 => {}
                 QType::Q4_0 => {
                     side = _mm512_fmadd_ps(dw, _mm512_mul_ps(dsum, _mm512_set1_ps(-8.0)), side)
                 }
                 QType::Q4_1 => {
-                    // SAFETY: as above; Q4_1 rows carry nb minimums.
+                    // SAFETY: as above; Q4_1 rows carry nb minimums and the padding.
                     let m = unsafe {
                         _mm512_maskz_mov_ps(
                             mask,
@@ -307,10 +339,16 @@ mod x86 {
             let mut idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
             for p in 0..len / 2 {
                 let ba = c0 + 2 * p;
-                // SAFETY: ba + 1 < nb, so both blocks and their 64 activations are in bounds.
-                let prod = unsafe {
+                // SAFETY: ba + 1 < nb, so both blocks and their 64 activations (of each
+                // plane) are in bounds.
+                let (prod, prod2) = unsafe {
                     let (wa, wb) = (base.add(ba * bb), base.add((ba + 1) * bb));
                     let xv = _mm512_loadu_si512(a.qs.as_ptr().add(ba * BLOCK) as *const _);
+                    let xv2 = if TWO {
+                        _mm512_loadu_si512(r.qs.as_ptr().add(ba * BLOCK) as *const _)
+                    } else {
+                        zero
+                    };
                     match ty {
                         QType::Q8_0 => {
                             let va = _mm256_loadu_si256(wa.add(2) as *const __m256i);
@@ -319,8 +357,19 @@ mod x86 {
                             // Move w's sign onto x so the u8 × i8 instruction applies;
                             // |−128| reads as the unsigned 128, which is right.
                             let neg = _mm512_movepi8_mask(wv);
+                            let aw = _mm512_abs_epi8(wv);
                             let sx = _mm512_mask_sub_epi8(xv, neg, zero, xv);
-                            _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(wv), sx)
+                            let p1 = _mm512_dpbusd_epi32(zero, aw, sx);
+                            let p2 = if TWO {
+                                _mm512_dpbusd_epi32(
+                                    zero,
+                                    aw,
+                                    _mm512_mask_sub_epi8(xv2, neg, zero, xv2),
+                                )
+                            } else {
+                                zero
+                            };
+                            (p1, p2)
                         }
                         _ => {
                             let off = if ty == QType::Q4_0 { 2 } else { 4 };
@@ -333,18 +382,34 @@ mod x86 {
                             // [a 0–15, a 16–31, b 0–15, b 16–31]: lanes 0, 2, 1, 3.
                             let wv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
                             let wv = _mm512_shuffle_i64x2(wv, wv, 0b11_01_10_00);
-                            _mm512_dpbusd_epi32(zero, wv, xv)
+                            let p2 = if TWO {
+                                _mm512_dpbusd_epi32(zero, wv, xv2)
+                            } else {
+                                zero
+                            };
+                            (_mm512_dpbusd_epi32(zero, wv, xv), p2)
                         }
                     }
                 };
                 let scale = _mm512_permutexvar_ps(idx, dwx);
-                idx = _mm512_add_epi32(idx, two);
                 acc[p & 1] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(prod), acc[p & 1]);
+                if TWO {
+                    let scale2 = _mm512_permutexvar_ps(idx, dwx2);
+                    acc[2 + (p & 1)] =
+                        _mm512_fmadd_ps(scale2, _mm512_cvtepi32_ps(prod2), acc[2 + (p & 1)]);
+                }
+                idx = _mm512_add_epi32(idx, two);
             }
             c0 += len;
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
-            + _mm512_reduce_add_ps(side)
-            + portable(ty, w.blocks, a.qs, a.d, a.sum, paired, nb)
+        let all = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let mut total = _mm512_reduce_add_ps(_mm512_add_ps(all, side));
+        if paired < nb {
+            total += portable(ty, w.blocks, a.qs, a.d, a.sum, paired, nb);
+            if TWO {
+                total += portable(ty, w.blocks, r.qs, r.d, r.sum, paired, nb);
+            }
+        }
+        total
     }
 }

@@ -73,6 +73,10 @@ pub fn matmul_int8(
         return;
     }
     let acts = QuantActs::quantize_planes(x, m, k, w.act_planes);
+    // Each activation row's views, made once (not once per weight row).
+    let rows: Vec<_> = (0..m)
+        .map(|i| (acts.row(i), acts.residual.as_ref().map(|r| r.row(i))))
+        .collect();
     let out_ptr = SendPtr(out.as_mut_ptr());
     (0..n.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
@@ -81,11 +85,8 @@ pub fn matmul_int8(
             for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
                 let wr = w.row(j);
                 let b = bias.map_or(0.0, |b| b[j]);
-                for i in 0..m {
-                    let mut v = kernel.dot(&wr, &acts.row(i)) + b;
-                    if let Some(r) = &acts.residual {
-                        v += kernel.dot(&wr, &r.row(i));
-                    }
+                for (i, (a, second)) in rows.iter().enumerate() {
+                    let v = kernel.dot_planes(&wr, a, second.as_ref()) + b;
                     // SAFETY: i < m and j < n, so i·n + j < m·n <= out.len() (checked); column
                     // j belongs to this task alone, so no two threads write one element.
                     unsafe { *optr.0.add(i * n + j) = v };

@@ -180,6 +180,7 @@ impl QuantMatrix {
     }
 
     /// Row `r` with its scale (and minimum) tables.
+    #[inline]
     pub fn row(&self, r: usize) -> WeightRow<'_> {
         let nb = self.cols / BLOCK;
         WeightRow {
