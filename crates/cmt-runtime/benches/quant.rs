@@ -7,7 +7,7 @@
 use cmt_runtime::backend::cpu::matmul_nt;
 use cmt_runtime::quant::dot::{DotKernel, SimdLevel};
 use cmt_runtime::quant::matmul::{matmul_dequant_gemm, matmul_int8};
-use cmt_runtime::quant::{QType, QuantMatrix, BLOCK};
+use cmt_runtime::quant::{QType, QuantMatrix};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
 use std::hint::black_box;
@@ -16,8 +16,9 @@ use std::time::Duration;
 fn matrix(ty: QType, rows: usize, cols: usize) -> QuantMatrix {
     let bb = ty.block_bytes();
     let mut s = 0x2545_F491_4F6C_DD1Du64;
-    let mut data = Vec::with_capacity(rows * cols / BLOCK * bb);
-    for _ in 0..rows * cols / BLOCK {
+    let per_block = ty.block_elems();
+    let mut data = Vec::with_capacity(rows * cols / per_block * bb);
+    for _ in 0..rows * cols / per_block {
         let mut b: Vec<u8> = (0..bb)
             .map(|_| {
                 s ^= s << 13;
@@ -27,7 +28,7 @@ fn matrix(ty: QType, rows: usize, cols: usize) -> QuantMatrix {
             })
             .collect();
         b[..2].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
-        if ty == QType::Q4_1 {
+        if ty == QType::Q4_1 || ty.is_k() {
             b[2..4].copy_from_slice(&f16::from_f32(-0.05).to_le_bytes());
         }
         data.extend(b);
@@ -46,6 +47,9 @@ fn bench(c: &mut Criterion) {
         ("ffn_up", QType::Q4_1, 1536, 576),
         ("ffn_down", QType::Q4_1, 576, 1536),
         ("lm_head", QType::Q8_0, 49152, 576),
+        // A Llama-7B-sized projection in the k-quants of Q4_K_M / Q5_K_M files.
+        ("q4k_4096", QType::Q4K, 4096, 4096),
+        ("q5k_4096", QType::Q5K, 4096, 4096),
     ];
     let mut g = c.benchmark_group("quant_gemv");
     g.measurement_time(Duration::from_secs(2))

@@ -38,13 +38,14 @@ impl Rng {
 fn random_matrix(ty: QType, rows: usize, cols: usize, seed: u64) -> QuantMatrix {
     let mut r = Rng(seed | 1);
     let bb = ty.block_bytes();
-    let mut data = Vec::with_capacity(rows * cols / BLOCK * bb);
-    for _ in 0..rows * cols / BLOCK {
+    let per_block = ty.block_elems();
+    let mut data = Vec::with_capacity(rows * cols / per_block * bb);
+    for _ in 0..rows * cols / per_block {
         let mut b: Vec<u8> = (0..bb).map(|_| r.next() as u8).collect();
         let mut put =
             |at: usize, v: f32| b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
         put(0, 0.05 * r.unit());
-        if ty == QType::Q4_1 {
+        if ty == QType::Q4_1 || ty.is_k() {
             put(2, 0.2 * r.unit());
         }
         data.extend(b);
@@ -355,6 +356,49 @@ mod bf16_storage {
                     if m <= 8 {
                         prop_assert!((gemv[i * n + j] - e).abs() <= 1e-5 * mag + 1e-7, "portable out[{},{}]", i, j);
                     }
+                }
+            }
+        }
+    }
+}
+
+mod k_quants {
+    use super::*;
+    use cmt_runtime::gguf::GgmlType;
+
+    fn k_types() -> [QType; 2] {
+        [
+            QType::from_ggml_any_cpu(GgmlType::Q4K).unwrap(),
+            QType::from_ggml_any_cpu(GgmlType::Q5K).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn k_quants_are_kept_only_where_their_fast_kernel_runs() {
+        let fast = DotKernel::best().level() == SimdLevel::Avx512Vnni;
+        assert_eq!(QType::from_ggml(GgmlType::Q4K).is_some(), fast);
+        assert_eq!(
+            QType::from_ggml(GgmlType::Q6K),
+            None,
+            "Q6_K has no kernel yet"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Same bound as the 32-element types: the activation blocks are the sub-blocks.
+        #[test]
+        fn k_dot_matches_the_dequantised_reference(t in 0usize..2, sb in 1usize..6, seed in 1u64..u64::MAX) {
+            let ty = k_types()[t];
+            check_dot(ty, 8 * sb, seed);
+        }
+
+        #[test]
+        fn k_int8_matmul_matches_f32(t in 0usize..2, m in 1usize..=8, n in 1usize..90, sb in 1usize..4, seed in 1u64..u64::MAX) {
+            for level in SimdLevel::available() {
+                for planes in [1, 2] {
+                    check_int8_matmul(level, k_types()[t], (m, n, 8 * sb), planes, seed);
                 }
             }
         }

@@ -6,7 +6,7 @@
 //! allocation.
 mod config;
 mod quant;
-mod quant_k;
+pub(crate) mod quant_k;
 mod reader;
 mod rope;
 mod tokenizer;

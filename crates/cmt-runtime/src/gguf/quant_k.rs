@@ -3,7 +3,7 @@
 use super::quant::f16_at;
 
 /// The 6-bit scale and min of sub-block `j` (0..8) from the 12 packed bytes.
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
     if j < 4 {
         ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
     } else {

@@ -90,6 +90,9 @@ impl DotKernel {
     #[inline]
     pub fn dot_planes(self, w: &WeightRow, a: &ActRow, r: Option<&ActRow>) -> f32 {
         let nb = a.qs.len() / BLOCK;
+        if w.ty.is_k() {
+            return self.dot_k(w, a, r, nb);
+        }
         assert!(
             w.blocks.len() >= nb * w.ty.block_bytes()
                 && w.scales.len() >= nb + TABLE_PAD
@@ -131,6 +134,33 @@ impl DotKernel {
     }
 }
 
+impl DotKernel {
+    /// The k-quant kernels (super-blocks of 8 activation blocks).
+    fn dot_k(self, w: &WeightRow, a: &ActRow, r: Option<&ActRow>, nb: usize) -> f32 {
+        assert!(
+            nb.is_multiple_of(8) && w.blocks.len() >= nb / 8 * w.ty.block_bytes(),
+            "k-quant dot: {} bytes for {nb} activation blocks",
+            w.blocks.len()
+        );
+        let one = |a: &ActRow| {
+            assert!(
+                a.d.len() >= nb && a.dsum.len() >= nb,
+                "k-quant dot: short activations"
+            );
+            match self.level {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: this level's features were checked by `supported()`; the lengths
+                // just above.
+                SimdLevel::Avx512Vnni => unsafe {
+                    super::kquant::x86::dot_avx512(w.ty, w.blocks, a, nb)
+                },
+                _ => super::kquant::portable(w.ty, w.blocks, a, nb),
+            }
+        };
+        one(a) + r.map_or(0.0, one)
+    }
+}
+
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
@@ -160,6 +190,7 @@ pub(crate) fn portable(
                     .sum();
                 acc += dw * d[b] * s as f32;
             }
+            QType::Q4K | QType::Q5K => unreachable!("k-quants go through dot_k"),
             QType::Q4_0 | QType::Q4_1 => {
                 let off = if ty == QType::Q4_0 { 2 } else { 4 };
                 let mut s = 0i32;
@@ -318,7 +349,7 @@ mod x86 {
             };
             // The side terms are linear in d·Σq, so both planes' add before one FMA.
             match ty {
-                QType::Q8_0 => {}
+                QType::Q8_0 | QType::Q4K | QType::Q5K => {}
                 QType::Q4_0 => {
                     side = _mm512_fmadd_ps(dw, _mm512_mul_ps(dsum, _mm512_set1_ps(-8.0)), side)
                 }

@@ -8,6 +8,7 @@
 pub mod acts;
 pub mod bf16;
 pub mod dot;
+pub mod kquant;
 pub mod matmul;
 
 use crate::gguf::{dequantize, GgmlType};
@@ -30,6 +31,10 @@ pub enum QType {
     Q4_0,
     /// f16 scale d, f16 minimum m, 16 bytes of nibbles: x = d·q + m.
     Q4_1,
+    /// 256-element super-blocks, 8 sub-blocks with 6-bit scales/minimums ([`kquant`]).
+    Q4K,
+    /// Q4K plus a fifth bit per element.
+    Q5K,
 }
 
 impl QType {
@@ -38,7 +43,41 @@ impl QType {
             GgmlType::Q8_0 => Some(QType::Q8_0),
             GgmlType::Q4_0 => Some(QType::Q4_0),
             GgmlType::Q4_1 => Some(QType::Q4_1),
+            // The k-quants have an AVX-512 kernel only: elsewhere the portable one would
+            // be slower than the f32 path, so they load as f32 there.
+            GgmlType::Q4K | GgmlType::Q5K
+                if dot::DotKernel::best().level() == dot::SimdLevel::Avx512Vnni =>
+            {
+                Some(if t == GgmlType::Q4K {
+                    QType::Q4K
+                } else {
+                    QType::Q5K
+                })
+            }
             _ => None,
+        }
+    }
+
+    /// The same, whatever this CPU runs (tests of the portable k-quant kernel).
+    pub fn from_ggml_any_cpu(t: GgmlType) -> Option<QType> {
+        match t {
+            GgmlType::Q4K => Some(QType::Q4K),
+            GgmlType::Q5K => Some(QType::Q5K),
+            _ => Self::from_ggml(t),
+        }
+    }
+
+    /// Whether this is a 256-element k-quant.
+    pub fn is_k(self) -> bool {
+        matches!(self, QType::Q4K | QType::Q5K)
+    }
+
+    /// Elements per (super-)block of the weights.
+    pub fn block_elems(self) -> usize {
+        if self.is_k() {
+            256
+        } else {
+            BLOCK
         }
     }
     pub fn ggml(self) -> GgmlType {
@@ -46,9 +85,11 @@ impl QType {
             QType::Q8_0 => GgmlType::Q8_0,
             QType::Q4_0 => GgmlType::Q4_0,
             QType::Q4_1 => GgmlType::Q4_1,
+            QType::Q4K => GgmlType::Q4K,
+            QType::Q5K => GgmlType::Q5K,
         }
     }
-    /// Bytes per block of 32 elements.
+    /// Bytes per block of [`Self::block_elems`] elements.
     pub fn block_bytes(self) -> usize {
         self.ggml().block().1
     }
@@ -127,12 +168,13 @@ impl QuantMatrix {
     }
 
     fn checked(ty: QType, rows: usize, cols: usize, data: Blocks) -> Result<Self, String> {
-        if !cols.is_multiple_of(BLOCK) {
+        let be = ty.block_elems();
+        if !cols.is_multiple_of(be) {
             return Err(format!(
-                "{cols} columns are not a whole number of {BLOCK}-element {ty:?} blocks"
+                "{cols} columns are not a whole number of {be}-element {ty:?} blocks"
             ));
         }
-        let want = rows * (cols / BLOCK) * ty.block_bytes();
+        let want = rows * (cols / be) * ty.block_bytes();
         let have = data.as_slice().len();
         if have != want {
             return Err(format!(
@@ -152,7 +194,8 @@ impl QuantMatrix {
             v.extend([f16::ZERO; TABLE_PAD]);
             v
         };
-        let scales = padded(field(0));
+        // The k-quant kernels decode their packed scales per super-block: no table.
+        let scales = padded(if ty.is_k() { Vec::new() } else { field(0) });
         let mins = if ty == QType::Q4_1 {
             padded(field(2))
         } else {
@@ -170,7 +213,7 @@ impl QuantMatrix {
     }
 
     pub fn row_bytes(&self) -> usize {
-        self.cols / BLOCK * self.ty.block_bytes()
+        self.cols / self.ty.block_elems() * self.ty.block_bytes()
     }
 
     /// The blocks of row `r`.
@@ -183,10 +226,11 @@ impl QuantMatrix {
     #[inline]
     pub fn row(&self, r: usize) -> WeightRow<'_> {
         let nb = self.cols / BLOCK;
+        let tb = if self.ty.is_k() { 0 } else { nb };
         WeightRow {
             ty: self.ty,
             blocks: self.row_blocks(r),
-            scales: &self.scales[r * nb..(r + 1) * nb + TABLE_PAD],
+            scales: &self.scales[r * tb..(r + 1) * tb + TABLE_PAD],
             mins: if self.mins.is_empty() {
                 &[]
             } else {
