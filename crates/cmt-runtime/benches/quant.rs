@@ -27,8 +27,9 @@ fn matrix(ty: QType, rows: usize, cols: usize) -> QuantMatrix {
                 s as u8
             })
             .collect();
-        b[..2].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
-        if ty == QType::Q4_1 || ty.is_k() {
+        let d_at = if ty == QType::Q6K { 208 } else { 0 };
+        b[d_at..d_at + 2].copy_from_slice(&f16::from_f32(0.01).to_le_bytes());
+        if ty == QType::Q4_1 || ty == QType::Q4K || ty == QType::Q5K {
             b[2..4].copy_from_slice(&f16::from_f32(-0.05).to_le_bytes());
         }
         data.extend(b);
@@ -50,6 +51,7 @@ fn bench(c: &mut Criterion) {
         // A Llama-7B-sized projection in the k-quants of Q4_K_M / Q5_K_M files.
         ("q4k_4096", QType::Q4K, 4096, 4096),
         ("q5k_4096", QType::Q5K, 4096, 4096),
+        ("q6k_4096", QType::Q6K, 4096, 4096),
     ];
     let mut g = c.benchmark_group("quant_gemv");
     g.measurement_time(Duration::from_secs(2))

@@ -29,8 +29,8 @@ pub enum WeightFormat {
     /// Every matrix dequantised to f32 at load (the golden path; training needs it).
     #[default]
     F32,
-    /// Q8_0 / Q4_0 / Q4_1 GGUF matrices kept in their blocks, and Q4_K / Q5_K where the CPU
-    /// has AVX-512 VNNI; any other type (and every HF directory) is loaded as f32.
+    /// Q8_0 / Q4_0 / Q4_1 GGUF matrices kept in their blocks, and Q4_K / Q5_K / Q6_K where
+    /// the CPU has AVX-512 VNNI; any other type (and every HF directory) is loaded as f32.
     Native,
     /// Every matrix stored as bf16 (exact for bf16 checkpoints, rounded from others).
     Bf16,

@@ -44,8 +44,13 @@ fn random_matrix(ty: QType, rows: usize, cols: usize, seed: u64) -> QuantMatrix 
         let mut b: Vec<u8> = (0..bb).map(|_| r.next() as u8).collect();
         let mut put =
             |at: usize, v: f32| b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
-        put(0, 0.05 * r.unit());
-        if ty == QType::Q4_1 || ty.is_k() {
+        if ty == QType::Q6K {
+            // Q6_K's only f16 is d, at the end of the block.
+            put(208, 0.05 * r.unit());
+        } else {
+            put(0, 0.05 * r.unit());
+        }
+        if ty == QType::Q4_1 || ty == QType::Q4K || ty == QType::Q5K {
             put(2, 0.2 * r.unit());
         }
         data.extend(b);
@@ -366,10 +371,11 @@ mod k_quants {
     use super::*;
     use cmt_runtime::gguf::GgmlType;
 
-    fn k_types() -> [QType; 2] {
+    fn k_types() -> [QType; 3] {
         [
             QType::from_ggml_any_cpu(GgmlType::Q4K).unwrap(),
             QType::from_ggml_any_cpu(GgmlType::Q5K).unwrap(),
+            QType::from_ggml_any_cpu(GgmlType::Q6K).unwrap(),
         ]
     }
 
@@ -389,13 +395,13 @@ mod k_quants {
 
         /// Same bound as the 32-element types: the activation blocks are the sub-blocks.
         #[test]
-        fn k_dot_matches_the_dequantised_reference(t in 0usize..2, sb in 1usize..6, seed in 1u64..u64::MAX) {
+        fn k_dot_matches_the_dequantised_reference(t in 0usize..3, sb in 1usize..6, seed in 1u64..u64::MAX) {
             let ty = k_types()[t];
             check_dot(ty, 8 * sb, seed);
         }
 
         #[test]
-        fn k_int8_matmul_matches_f32(t in 0usize..2, m in 1usize..=8, n in 1usize..90, sb in 1usize..4, seed in 1u64..u64::MAX) {
+        fn k_int8_matmul_matches_f32(t in 0usize..3, m in 1usize..=8, n in 1usize..90, sb in 1usize..4, seed in 1u64..u64::MAX) {
             for level in SimdLevel::available() {
                 for planes in [1, 2] {
                     check_int8_matmul(level, k_types()[t], (m, n, 8 * sb), planes, seed);

@@ -190,7 +190,7 @@ pub(crate) fn portable(
                     .sum();
                 acc += dw * d[b] * s as f32;
             }
-            QType::Q4K | QType::Q5K => unreachable!("k-quants go through dot_k"),
+            QType::Q4K | QType::Q5K | QType::Q6K => unreachable!("k-quants go through dot_k"),
             QType::Q4_0 | QType::Q4_1 => {
                 let off = if ty == QType::Q4_0 { 2 } else { 4 };
                 let mut s = 0i32;
@@ -349,7 +349,7 @@ mod x86 {
             };
             // The side terms are linear in d·Σq, so both planes' add before one FMA.
             match ty {
-                QType::Q8_0 | QType::Q4K | QType::Q5K => {}
+                QType::Q8_0 | QType::Q4K | QType::Q5K | QType::Q6K => {}
                 QType::Q4_0 => {
                     side = _mm512_fmadd_ps(dw, _mm512_mul_ps(dsum, _mm512_set1_ps(-8.0)), side)
                 }

@@ -35,6 +35,8 @@ pub enum QType {
     Q4K,
     /// Q4K plus a fifth bit per element.
     Q5K,
+    /// 256-element super-blocks of 6-bit values, 16 i8 group scales ([`kquant`]).
+    Q6K,
 }
 
 impl QType {
@@ -63,13 +65,15 @@ impl QType {
         match t {
             GgmlType::Q4K => Some(QType::Q4K),
             GgmlType::Q5K => Some(QType::Q5K),
-            _ => Self::from_ggml(t),
+            GgmlType::Q6K => Some(QType::Q6K),
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => Self::from_ggml(t),
+            _ => None,
         }
     }
 
     /// Whether this is a 256-element k-quant.
     pub fn is_k(self) -> bool {
-        matches!(self, QType::Q4K | QType::Q5K)
+        matches!(self, QType::Q4K | QType::Q5K | QType::Q6K)
     }
 
     /// Elements per (super-)block of the weights.
@@ -87,6 +91,7 @@ impl QType {
             QType::Q4_1 => GgmlType::Q4_1,
             QType::Q4K => GgmlType::Q4K,
             QType::Q5K => GgmlType::Q5K,
+            QType::Q6K => GgmlType::Q6K,
         }
     }
     /// Bytes per block of [`Self::block_elems`] elements.
