@@ -98,7 +98,7 @@ impl<B: Backend> Weights<B> {
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat<B>> {
             if format == WeightFormat::Native {
                 if let Some(mut q) = src.load_quant(name, [rows, cols])? {
-                    q.act_planes = activation_planes(name);
+                    q.act_planes = ACTIVATION_PLANES;
                     return Ok(Mat {
                         data: MatData::Quant(q),
                         rows,
@@ -212,20 +212,14 @@ impl<B: Backend> Weights<B> {
     }
 }
 
-/// How many int8 planes a quantised matrix's input is quantised into (`--weights native`).
-/// Inputs that come out of an RMSNorm (q/k/v, gate/up, the LM head) are well conditioned and
-/// take one. The attention output (o_proj's input) and the SwiGLU product (down_proj's) are
-/// not normalised and carry outlier channels that make one 8-bit scale per 32 elements too
-/// coarse for the rest of the block: on the default model, one plane everywhere kept HF's
-/// greedy continuation for only 5 of 24 tokens on a golden prompt, two planes for these two
-/// kept all 24 on every golden prompt, for ~10% of decode speed (`docs/perf.md`).
-fn activation_planes(hf_name: &str) -> usize {
-    if hf_name.ends_with("o_proj.weight") || hf_name.ends_with("down_proj.weight") {
-        2
-    } else {
-        1
-    }
-}
+/// How many int8 planes a quantised matrix's input is quantised into (`--weights native`):
+/// two everywhere. One plane (llama.cpp's 8-bit activations) moved the default model's
+/// logits by up to ~0.3 and kept HF's greedy continuation of a golden prompt for only 5 of
+/// 24 tokens; two planes only for the inputs that are not RMSNorm outputs (o_proj,
+/// down_proj) fixed that prompt but left another at 10 of 24 depending on how ties round;
+/// two everywhere keep all three at 24 of 24 and the perplexity paragraph's loss within
+/// 6e-6 of HF's, for no decode speed this machine can resolve (`docs/perf.md`).
+const ACTIVATION_PLANES: usize = 2;
 
 /// A NaN or infinity in a weight is a damaged file; say which tensor and where.
 fn check_finite(path: &Path, name: &str, data: &[f32]) -> Result<()> {

@@ -55,12 +55,11 @@ impl QuantActs {
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut s = 0i32;
             for (q, &v) in qs.iter_mut().zip(xs) {
-                // Round to nearest even by adding and subtracting 1.5·2²³ (exact for
-                // |v·id| < 2²², inlined where `round_ties_even` is a libm call on baseline
-                // x86-64, which cost 5% of decode). |v·id| ≤ 127 up to rounding of id;
-                // clamp so a rounding up never wraps.
-                const MAGIC: f32 = 12_582_912.0;
-                let r = ((v * id + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i8;
+                // Round half away from zero, as `f32::round`, but inline: `round` is a libm
+                // call on baseline x86-64 (5 % of decode). The cast truncates toward zero.
+                // |v·id| ≤ 127 up to rounding of id; clamp so a rounding up never wraps.
+                let t = v * id;
+                let r = ((t + 0.5f32.copysign(t)) as i32).clamp(-127, 127) as i8;
                 *q = r;
                 s += r as i32;
             }
