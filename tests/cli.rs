@@ -192,6 +192,13 @@ fn bench_reports_prefill_and_decode_rates() {
         v["weights"], "native",
         "native is the default for inference"
     );
+    // The default model's Q4_1/Q8_0 blocks (with their scale tables) are kept: well under
+    // a third of the f32 bytes.
+    let (mb, f32_mb) = (
+        v["matrix_mb"].as_f64().unwrap(),
+        v["matrix_mb_f32"].as_f64().unwrap(),
+    );
+    assert!(mb > 0.0 && mb < f32_mb / 3.0, "{mb} MB vs f32 {f32_mb} MB");
     assert_eq!(v["threads"], 2);
     assert!(v["model"].as_str().is_some_and(|m| m.ends_with(".gguf")));
 

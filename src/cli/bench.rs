@@ -58,6 +58,10 @@ pub fn run(a: BenchArgs, device: DeviceChoice) -> Result<()> {
     let r = measure(&model, &opts)?;
     let weights = a.weights.to_string();
     let threads = rayon::current_num_threads();
+    // What the format gave on this file (native falls back to f32 for types it does not
+    // keep): the bytes a decode step reads, against the all-f32 figure.
+    let matrix_mb = model.weights.matrix_bytes() as f64 / 1e6;
+    let f32_mb = model.weights.matrix_bytes_f32() as f64 / 1e6;
     if a.json {
         let v = serde_json::json!({
             "model": path.display().to_string(),
@@ -67,6 +71,8 @@ pub fn run(a: BenchArgs, device: DeviceChoice) -> Result<()> {
             "prompt_tokens": opts.prompt_tokens,
             "new_tokens": opts.new_tokens,
             "runs": opts.runs,
+            "matrix_mb": matrix_mb,
+            "matrix_mb_f32": f32_mb,
             "prefill_tok_s": r.prefill_tok_s,
             "decode_tok_s": r.decode_tok_s,
             "prefill_s": r.prefill_s,
@@ -76,7 +82,7 @@ pub fn run(a: BenchArgs, device: DeviceChoice) -> Result<()> {
         println!("{v}");
     } else {
         println!(
-            "prefill {:.1} tok/s ({} tokens in {:.3} s)   decode {:.1} tok/s ({} tokens in {:.3} s)   weights {weights}, {threads} threads (medians of {} runs)",
+            "prefill {:.1} tok/s ({} tokens in {:.3} s)   decode {:.1} tok/s ({} tokens in {:.3} s)   weights {weights} ({matrix_mb:.0} MB of matrices, f32 {f32_mb:.0} MB), {threads} threads (medians of {} runs)",
             r.prefill_tok_s,
             opts.prompt_tokens,
             r.prefill_s,
