@@ -57,6 +57,16 @@ fn tiny_gguf_with(
     seed: u64,
     extra: impl FnOnce(&mut Writer),
 ) -> (Vec<u8>, MapSource) {
+    tiny_gguf_typed(cfg, seed, &TYPES, extra)
+}
+
+/// `tiny_gguf_with`, its matrices stored in `matrix_types` in turn.
+fn tiny_gguf_typed(
+    cfg: &ModelConfig,
+    seed: u64,
+    matrix_types: &[Ty],
+    extra: impl FnOnce(&mut Writer),
+) -> (Vec<u8>, MapSource) {
     let mut rng = common::tiny::Rng(seed);
     let mut w = Writer::new();
     let a = "llama";
@@ -108,7 +118,7 @@ fn tiny_gguf_with(
         let ty = if shape.len() == 1 {
             Ty::F32
         } else {
-            TYPES[i % TYPES.len()]
+            matrix_types[i % matrix_types.len()]
         };
         let gname = cmt_runtime::gguf::gguf_name(&name).unwrap();
         // Quantisation works within rows, so the stored values in HF order are the
@@ -491,4 +501,71 @@ fn convert_refuses_divisors_config_json_cannot_express() {
         "{e}"
     );
     assert!(!out.exists(), "nothing written");
+}
+
+/// A tiny model whose every matrix is a k-quant (Q4_K, Q5_K, Q6_K in turn), loaded with its
+/// blocks kept (`--weights native`) against the f32 path of the same file: a few tokens at
+/// a time (the int8 path, two activation planes) and a longer prefill (dequantised tiles).
+/// Covers the loader's kept k-quants end to end: q/k rows reordered in blocks, the
+/// embedding and LM head read from blocks. Skips where the CPU lacks AVX-512 VNNI (the
+/// k-quants then load as f32, which the last assertion checks).
+#[test]
+fn kquant_model_native_matches_its_f32_path() {
+    let cfg = ModelConfig {
+        hidden: 256,
+        intermediate: 512,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        ..tiny_cfg()
+    };
+    let (bytes, _) = tiny_gguf_typed(&cfg, 11, &[Ty::Q4K, Ty::Q5K, Ty::Q6K], |_| {});
+    let (_d, path) = write_tmp(&bytes);
+    let load = |f| cmt_runtime::load_model_as(&path, CpuBackend, f).unwrap().0;
+    let (native, dense) = (
+        load(cmt_runtime::WeightFormat::Native),
+        load(cmt_runtime::WeightFormat::F32),
+    );
+    let kept = native.weights.layers[0].w_up.quant().is_some();
+    let fast = cmt_runtime::quant::dot::DotKernel::best().level()
+        == cmt_runtime::quant::dot::SimdLevel::Avx512Vnni;
+    assert_eq!(
+        kept, fast,
+        "k-quants are kept exactly where their AVX-512 kernel runs"
+    );
+    if !kept {
+        eprintln!("SKIPPED: no AVX-512 VNNI here; the k-quants loaded as f32");
+        return;
+    }
+    assert!(
+        native.weights.embed.quant().is_some() && native.weights.layers[1].wq.quant().is_some()
+    );
+    let ids: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % 40).collect();
+    let run = |m: &cmt_runtime::Model<CpuBackend>, step: usize| -> Vec<f32> {
+        let mut sess = m.session(1, ids.len()).unwrap();
+        let mut out = Vec::new();
+        for chunk in ids.chunks(step) {
+            out.extend_from_slice(
+                m.forward(&mut sess, &[SeqInput::tokens(0, chunk)], Logits::All, None)
+                    .unwrap(),
+            );
+        }
+        out
+    };
+    let want = run(&dense, 20);
+    let scale = want.iter().fold(0.0f32, |a, &b| a.max(b.abs()));
+    for step in [1, 4, 20] {
+        let got = run(&native, step);
+        let d = got
+            .iter()
+            .zip(&want)
+            .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        eprintln!(
+            "k-quant model, {step} tokens a step: max |Δlogit| {d:.2e} (logit scale {scale:.2})"
+        );
+        assert!(
+            d <= 1e-3 * scale + 1e-4,
+            "{step} tokens a step: {d} vs scale {scale}"
+        );
+    }
 }

@@ -382,12 +382,10 @@ mod k_quants {
     #[test]
     fn k_quants_are_kept_only_where_their_fast_kernel_runs() {
         let fast = DotKernel::best().level() == SimdLevel::Avx512Vnni;
-        assert_eq!(QType::from_ggml(GgmlType::Q4K).is_some(), fast);
-        assert_eq!(
-            QType::from_ggml(GgmlType::Q6K),
-            None,
-            "Q6_K has no kernel yet"
-        );
+        for t in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
+            assert_eq!(QType::from_ggml(t).is_some(), fast, "{t:?}");
+        }
+        assert_eq!(QType::from_ggml(GgmlType::Q5_0), None, "no kernel for Q5_0");
     }
 
     proptest! {

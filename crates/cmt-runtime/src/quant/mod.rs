@@ -47,14 +47,10 @@ impl QType {
             GgmlType::Q4_1 => Some(QType::Q4_1),
             // The k-quants have an AVX-512 kernel only: elsewhere the portable one would
             // be slower than the f32 path, so they load as f32 there.
-            GgmlType::Q4K | GgmlType::Q5K
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
                 if dot::DotKernel::best().level() == dot::SimdLevel::Avx512Vnni =>
             {
-                Some(if t == GgmlType::Q4K {
-                    QType::Q4K
-                } else {
-                    QType::Q5K
-                })
+                Self::from_ggml_any_cpu(t)
             }
             _ => None,
         }

@@ -1,5 +1,6 @@
 //! A minimal GGUF v3 writer for tests: metadata, tensors in F32/F16/BF16/Q8_0/Q4_0/Q4_1.
 #![allow(dead_code)]
+use cmt_runtime::gguf::GgmlType;
 use half::{bf16, f16};
 
 pub enum Meta {
@@ -19,6 +20,11 @@ pub enum Ty {
     Q8_0,
     Q4_0,
     Q4_1,
+    /// The k-quants: not quantised from the values (no quantiser here) but valid blocks
+    /// made from their bits, with small scales; see `encode`.
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
 impl Ty {
@@ -30,6 +36,9 @@ impl Ty {
             Ty::Q4_1 => 3,
             Ty::Q8_0 => 8,
             Ty::BF16 => 30,
+            Ty::Q4K => 12,
+            Ty::Q5K => 13,
+            Ty::Q6K => 14,
         }
     }
 }
@@ -39,6 +48,14 @@ impl Ty {
 pub fn encode(ty: Ty, v: &[f32]) -> (Vec<u8>, Vec<f32>) {
     let mut b = Vec::new();
     let mut back = Vec::with_capacity(v.len());
+    if let Some(g) = match ty {
+        Ty::Q4K => Some(GgmlType::Q4K),
+        Ty::Q5K => Some(GgmlType::Q5K),
+        Ty::Q6K => Some(GgmlType::Q6K),
+        _ => None,
+    } {
+        return k_blocks(g, v);
+    }
     match ty {
         Ty::F32 => {
             for x in v {
@@ -99,6 +116,7 @@ pub fn encode(ty: Ty, v: &[f32]) -> (Vec<u8>, Vec<f32>) {
                 back.extend(q.iter().map(|&q| (q as i32 - 8) as f32 * d.to_f32()));
             }
         }
+        Ty::Q4K | Ty::Q5K | Ty::Q6K => unreachable!("k-quants are made by k_blocks"),
         Ty::Q4_1 => {
             for blk in v.chunks(32) {
                 let min = blk.iter().cloned().fold(f32::INFINITY, f32::min);
@@ -223,4 +241,35 @@ impl Writer {
         }
         o
     }
+}
+
+/// k-quant blocks whose quant bytes come from the bits of `v` (one block per 256 values)
+/// and whose f16 scales are small and finite, with the values they dequantise to (by the
+/// runtime's dequantiser, itself checked against gguf-py). Not a quantiser: the values
+/// are not `v`'s; tests compare a model's kept blocks against its own f32 path.
+fn k_blocks(g: GgmlType, v: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let (elems, bb) = g.block();
+    assert!(
+        v.len().is_multiple_of(elems),
+        "{} values are not whole {g:?} blocks",
+        v.len()
+    );
+    let mut bytes = Vec::with_capacity(v.len() / elems * bb);
+    for chunk in v.chunks_exact(elems) {
+        let mut b: Vec<u8> = (0..bb)
+            .map(|i| (chunk[i % elems].to_bits() >> (8 * (i % 3))) as u8)
+            .collect();
+        let small = |x: f32| f16::from_f32(x).to_le_bytes();
+        match g {
+            GgmlType::Q6K => b[208..210].copy_from_slice(&small(2e-4)),
+            _ => {
+                b[0..2].copy_from_slice(&small(2e-3));
+                b[2..4].copy_from_slice(&small(1e-3));
+            }
+        }
+        bytes.extend(b);
+    }
+    let mut back = vec![0.0; v.len()];
+    cmt_runtime::gguf::dequantize(g, &bytes, &mut back).expect("whole blocks");
+    (bytes, back)
 }
