@@ -152,7 +152,7 @@ impl DotKernel {
                 // SAFETY: this level's features were checked by `supported()`; the lengths
                 // just above.
                 SimdLevel::Avx512Vnni => unsafe {
-                    super::kquant::x86::dot_avx512(w.ty, w.blocks, a, nb)
+                    super::kquant::x86::dot_avx512(w.ty, w.blocks, w.ksm, a, nb)
                 },
                 _ => super::kquant::portable(w.ty, w.blocks, a, nb),
             }

@@ -90,7 +90,7 @@ pub(crate) fn portable(ty: QType, w: &[u8], a: &ActRow, nb: usize) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
-    use super::{planes, scale_min_k4, ActRow, QType, BLOCK};
+    use super::{planes, ActRow, QType, BLOCK};
     use std::arch::x86_64::*;
 
     /// SAFETY: the CPU has AVX-512 F/BW/VNNI and AVX2; w holds nb/8 Q6_K super-blocks and
@@ -165,30 +165,44 @@ pub(crate) mod x86 {
     /// SAFETY: the CPU has AVX-512 F/BW/VNNI and AVX2; w holds nb/8 super-blocks of ty
     /// (Q4_K, Q5_K or Q6_K) and a nb activation blocks (nb a multiple of 8).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-    pub(crate) unsafe fn dot_avx512(ty: QType, w: &[u8], a: &ActRow, nb: usize) -> f32 {
+    pub(crate) unsafe fn dot_avx512(ty: QType, w: &[u8], ksm: &[u8], a: &ActRow, nb: usize) -> f32 {
         if ty == QType::Q6K {
             // SAFETY: the caller's guarantees.
             return unsafe { dot_q6k_avx512(w, a, nb) };
         }
+        assert!(
+            ksm.len() >= nb / 8 * 16,
+            "k-quant dot: scale table too short"
+        );
         let bb = ty.block_bytes();
         let m4 = _mm256_set1_epi8(0x0f);
         let one = _mm256_set1_epi8(1);
         let zero = _mm512_setzero_si512();
         let mut acc = [_mm512_setzero_ps(); 2];
-        let mut side = 0.0f32;
+        let mut side8 = _mm256_setzero_ps();
+        // Lanes 0–7 take sub-block 2c's factor, 8–15 sub-block 2c+1's.
+        let pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         for s in 0..nb / 8 {
             let blk = &w[s * bb..(s + 1) * bb];
             let d = super::f16_at(blk, 0);
             let dmin = super::f16_at(blk, 2);
             let (qh, qs) = planes(ty, blk);
-            // Per sub-block: the integer dot's factor d·sc·dx, and the minimum's term.
-            let mut dsc = [0.0f32; 8];
-            for (j, f) in dsc.iter_mut().enumerate() {
-                let b = 8 * s + j;
-                let (sc, m) = scale_min_k4(j, &blk[4..16]);
-                *f = d * sc * a.d[b];
-                side -= dmin * m * a.dsum[b];
-            }
+            // Per sub-block: the integer dot's factor d·sc·dx, and the minimum's term
+            // −dmin·m·(dx·Σq), 8 at a time from the unpacked table.
+            // SAFETY: 16 table bytes per super-block and 8 activation blocks per
+            // super-block are in bounds (asserted above / by the caller).
+            let dsc = unsafe {
+                let t = ksm.as_ptr().add(16 * s);
+                let sc =
+                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(t as *const __m128i)));
+                let m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    t.add(8) as *const __m128i
+                )));
+                let dx = _mm256_loadu_ps(a.d.as_ptr().add(8 * s));
+                let dsum = _mm256_loadu_ps(a.dsum.as_ptr().add(8 * s));
+                side8 = _mm256_fmadd_ps(_mm256_mul_ps(m, _mm256_set1_ps(dmin)), dsum, side8);
+                _mm512_zextps256_ps512(_mm256_mul_ps(_mm256_mul_ps(sc, _mm256_set1_ps(d)), dx))
+            };
             // SAFETY: qh has 32 bytes (Q5_K), qs 128: both loads are inside the block.
             let qh_v = qh.map(|h| unsafe { _mm256_loadu_si256(h.as_ptr() as *const __m256i) });
             for c in 0..4 {
@@ -221,14 +235,13 @@ pub(crate) mod x86 {
                 // Lanes 0–7: sub-block 2c against activation block 8s+2c; 8–15: 2c+1.
                 let wv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
                 let prod = _mm512_dpbusd_epi32(zero, wv, xv);
-                let scale = _mm512_mask_blend_ps(
-                    0xff00,
-                    _mm512_set1_ps(dsc[2 * c]),
-                    _mm512_set1_ps(dsc[2 * c + 1]),
-                );
+                let idx = _mm512_add_epi32(pick, _mm512_set1_epi32(2 * c as i32));
+                let scale = _mm512_permutexvar_ps(idx, dsc);
                 acc[c & 1] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(prod), acc[c & 1]);
             }
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + side
+        // The minimums' terms are subtracted: x = d·sc·q − dmin·m.
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+            - _mm512_reduce_add_ps(_mm512_zextps256_ps512(side8))
     }
 }

@@ -110,6 +110,10 @@ pub struct QuantMatrix {
     scales: Vec<f16>,
     /// Every block's minimum m (Q4_1 only; empty otherwise).
     mins: Vec<f16>,
+    /// Q4_K / Q5_K: every super-block's 8 six-bit scales then 8 six-bit minimums, unpacked
+    /// to bytes at load (16 bytes beside the block's 144/176) so the AVX-512 kernel widens
+    /// them 8 at a time instead of decoding the packed 12 bytes in scalar code.
+    ksm: Vec<u8>,
     /// Activation planes the int8 matmul quantises x into for this matrix (1 or 2; see
     /// [`acts::QuantActs::quantize_planes`]).
     pub act_planes: usize,
@@ -126,6 +130,8 @@ pub struct WeightRow<'a> {
     pub scales: &'a [f16],
     /// Its blocks' minimums (Q4_1; empty otherwise), padded like `scales`.
     pub mins: &'a [f16],
+    /// Q4_K / Q5_K: 16 bytes per super-block (8 scales, 8 minimums); empty otherwise.
+    pub ksm: &'a [u8],
 }
 
 /// Where the blocks live: in the model file's memory map (no copy; the pages are the page
@@ -202,6 +208,21 @@ impl QuantMatrix {
         } else {
             Vec::new()
         };
+        let ksm = if ty == QType::Q4K || ty == QType::Q5K {
+            data.as_slice()
+                .chunks_exact(bb)
+                .flat_map(|b| {
+                    let mut t = [0u8; 16];
+                    for j in 0..8 {
+                        let (sc, m) = crate::gguf::quant_k::scale_min_k4(j, &b[4..16]);
+                        (t[j], t[8 + j]) = (sc as u8, m as u8);
+                    }
+                    t
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(QuantMatrix {
             ty,
             rows,
@@ -209,6 +230,7 @@ impl QuantMatrix {
             data,
             scales,
             mins,
+            ksm,
             act_planes: 1,
         })
     }
@@ -232,6 +254,12 @@ impl QuantMatrix {
             ty: self.ty,
             blocks: self.row_blocks(r),
             scales: &self.scales[r * tb..(r + 1) * tb + TABLE_PAD],
+            ksm: if self.ksm.is_empty() {
+                &[]
+            } else {
+                let sb = self.cols / 256 * 16;
+                &self.ksm[r * sb..(r + 1) * sb]
+            },
             mins: if self.mins.is_empty() {
                 &[]
             } else {
@@ -264,7 +292,7 @@ impl QuantMatrix {
 
     /// Bytes of the scale and minimum tables.
     pub fn table_bytes(&self) -> usize {
-        2 * (self.scales.len() + self.mins.len())
+        2 * (self.scales.len() + self.mins.len()) + self.ksm.len()
     }
 
     /// Whether the blocks are read in place from a memory-mapped file.
