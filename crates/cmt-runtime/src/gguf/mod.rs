@@ -5,7 +5,7 @@
 //! an [`Error::Format`] naming the file and the byte offset, never a panic or a huge
 //! allocation.
 mod config;
-mod quant;
+pub(crate) mod quant;
 pub(crate) mod quant_k;
 mod reader;
 mod rope;

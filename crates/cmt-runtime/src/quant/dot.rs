@@ -10,7 +10,7 @@
 //!   Q4_1: dw·dx·Σ n_i q_i + m·dx·Σq
 use super::acts::ActRow;
 use super::{QType, WeightRow, BLOCK, TABLE_PAD};
-use half::f16;
+use crate::gguf::quant::f16_at;
 
 /// A SIMD level of the quantised dot kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,10 +159,6 @@ impl DotKernel {
         };
         one(a) + r.map_or(0.0, one)
     }
-}
-
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 /// The reference: blocks `b0..b1` one at a time, integer sums in i32, f32 terms in order.

@@ -13,12 +13,8 @@
 //! high nibble (c ≥ 2), high bits (qh[32h + l] >> 2c) & 3, scale sc[8h + 2c + l/16].
 use super::acts::ActRow;
 use super::{QType, BLOCK};
+use crate::gguf::quant::f16_at;
 use crate::gguf::quant_k::scale_min_k4;
-use half::f16;
-
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-}
 
 /// (qh, qs) of a super-block.
 fn planes(ty: QType, blk: &[u8]) -> (Option<&[u8]>, &[u8]) {
