@@ -7,8 +7,8 @@
 //! mantissa bits, the precision problem `--weights native` needs two int8 planes to avoid),
 //! and decode is bound by reading the weights, not by these instructions.
 use super::dot::SimdLevel;
+use crate::backend::cpu::matmul::by_columns;
 use half::bf16;
-use rayon::prelude::*;
 
 /// A [rows, cols] weight in bf16, row-major.
 #[derive(Debug, Clone)]
@@ -86,21 +86,12 @@ pub fn matmul_bf16_gemv(
         "bf16 matmul: buffers too small"
     );
     const ROWS_PER_TASK: usize = 64;
-    let out_ptr = super::matmul::SendPtr(out.as_mut_ptr());
-    (0..n.div_ceil(ROWS_PER_TASK))
-        .into_par_iter()
-        .for_each(|t| {
-            let optr = out_ptr;
-            for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
-                let b = bias.map_or(0.0, |b| b[j]);
-                for i in 0..m {
-                    let v = dot_bf16(level, &x[i * k..(i + 1) * k], w.row(j)) + b;
-                    // SAFETY: i < m, j < n, so i·n + j < m·n <= out.len() (checked); column j
-                    // belongs to this task alone.
-                    unsafe { *optr.0.add(i * n + j) = v };
-                }
-            }
-        });
+    by_columns(out, m, n, ROWS_PER_TASK, |j, vals| {
+        let b = bias.map_or(0.0, |b| b[j]);
+        for (i, v) in vals.iter_mut().enumerate() {
+            *v = dot_bf16(level, &x[i * k..(i + 1) * k], w.row(j)) + b;
+        }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]

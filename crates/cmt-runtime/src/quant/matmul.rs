@@ -8,6 +8,7 @@
 use super::acts::QuantActs;
 use super::dot::DotKernel;
 use super::QuantMatrix;
+use crate::backend::cpu::matmul::{by_columns, gemm_x_wt, SendPtr};
 use rayon::prelude::*;
 
 /// Up to this many rows, the int8 dot path; above, dequantised tiles into the f32 GEMM
@@ -77,22 +78,13 @@ pub fn matmul_int8(
     let rows: Vec<_> = (0..m)
         .map(|i| (acts.row(i), acts.residual.as_ref().map(|r| r.row(i))))
         .collect();
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..n.div_ceil(ROWS_PER_TASK))
-        .into_par_iter()
-        .for_each(|t| {
-            let optr = out_ptr;
-            for j in t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(n) {
-                let wr = w.row(j);
-                let b = bias.map_or(0.0, |b| b[j]);
-                for (i, (a, second)) in rows.iter().enumerate() {
-                    let v = kernel.dot_planes(&wr, a, second.as_ref()) + b;
-                    // SAFETY: i < m and j < n, so i·n + j < m·n <= out.len() (checked); column
-                    // j belongs to this task alone, so no two threads write one element.
-                    unsafe { *optr.0.add(i * n + j) = v };
-                }
-            }
-        });
+    by_columns(out, m, n, ROWS_PER_TASK, |j, vals| {
+        let wr = w.row(j);
+        let b = bias.map_or(0.0, |b| b[j]);
+        for (v, (a, second)) in vals.iter_mut().zip(&rows) {
+            *v = kernel.dot_planes(&wr, a, second.as_ref()) + b;
+        }
+    });
 }
 
 /// A weight matrix that can hand out rows as f32 (the prefill path's tiles).
@@ -142,32 +134,21 @@ pub fn matmul_dequant_gemm<W: DequantRows + ?Sized>(
         let mut tile = vec![0.0f32; (j1 - j0) * k];
         w.rows_f32(j0, j1, &mut tile);
         let optr = out_ptr;
-        // SAFETY: dst is out's columns j0..j1 of all m rows (col stride 1, row stride n),
-        // inside out (checked) and written by this task only; lhs = x [m, k] row-major;
-        // rhs = tileᵀ, element (kk, jj) at tile[jj·k + kk]. Nothing aliases dst.
+        // SAFETY: dst is out's columns j0..j1 of all m rows (row stride n), inside out
+        // (checked) and written by this task only; the tile holds rows j0..j1 of w.
         unsafe {
-            gemm::gemm(
+            gemm_x_wt(
+                optr.0.add(j0),
+                n,
+                x,
+                &tile,
                 m,
                 j1 - j0,
                 k,
-                optr.0.add(j0),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                tile.as_ptr(),
-                k as isize,
-                1,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
                 false,
                 gemm::Parallelism::None,
-            );
-        }
+            )
+        };
         if let Some(b) = bias {
             for i in 0..m {
                 for (j, &bj) in b.iter().enumerate().take(j1).skip(j0) {
@@ -178,10 +159,3 @@ pub fn matmul_dequant_gemm<W: DequantRows + ?Sized>(
         }
     });
 }
-
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *mut f32);
-// SAFETY: used only to hand disjoint output columns to rayon tasks (see above).
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}

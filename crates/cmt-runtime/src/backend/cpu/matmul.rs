@@ -49,30 +49,63 @@ fn skinny(
     n: usize,
     k: usize,
 ) {
-    // Tasks own disjoint column bands [j0, j1) of every output row; write through a raw
-    // pointer because the band is strided across the m output rows.
+    by_columns(out, m, n, ROWS_PER_TASK, |j, vals| {
+        let wr = &w[j * k..(j + 1) * k];
+        let b = bias.map_or(0.0, |b| b[j]);
+        for (i, v) in vals.iter_mut().enumerate() {
+            *v = dot(&x[i * k..(i + 1) * k], wr) + b;
+        }
+    });
+}
+
+/// Fills out[m, n] (row-major) one output feature at a time: `column(j, vals)` writes
+/// feature j of all m rows into `vals[..m]`. Features are banded `per_task` to a rayon
+/// task, so each task streams its band of weight rows once for all m inputs (the decode
+/// GEMVs of every weight format).
+pub(crate) fn by_columns(
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    per_task: usize,
+    column: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    assert!(
+        out.len() >= m * n,
+        "by_columns: {} outputs for [{m}, {n}]",
+        out.len()
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Tasks own disjoint column bands of every output row; write through a raw pointer
+    // because a band is strided across the m output rows.
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let n_tasks = n.div_ceil(ROWS_PER_TASK);
-    (0..n_tasks).into_par_iter().for_each(|t| {
-        let j0 = t * ROWS_PER_TASK;
-        let j1 = (j0 + ROWS_PER_TASK).min(n);
+    (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
         let optr = out_ptr;
-        for j in j0..j1 {
-            let wr = &w[j * k..(j + 1) * k];
-            let b = bias.map_or(0.0, |b| b[j]);
-            for i in 0..m {
-                let v = dot(&x[i * k..(i + 1) * k], wr) + b;
-                // SAFETY: i < m, j < n, so i·n + j < m·n <= out.len(); column j belongs to
-                // this task alone, so no two threads write the same element.
+        let mut stack = [0.0f32; SKINNY_MAX_M];
+        let mut heap = Vec::new();
+        let vals = if m <= SKINNY_MAX_M {
+            &mut stack[..m]
+        } else {
+            heap.resize(m, 0.0);
+            &mut heap[..]
+        };
+        for j in t * per_task..((t + 1) * per_task).min(n) {
+            column(j, vals);
+            for (i, &v) in vals.iter().enumerate() {
+                // SAFETY: i < m, j < n, so i·n + j < m·n <= out.len() (checked); column j
+                // belongs to this task alone, so no two threads write the same element.
                 unsafe { *optr.0.add(i * n + j) = v };
             }
         }
     });
 }
 
+/// A raw output pointer handed to rayon tasks that write disjoint elements.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint output elements to rayon tasks (see `skinny`).
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: used only to hand disjoint output elements to rayon tasks (`by_columns`, the
+// dequantised-tile GEMM's column bands).
 unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
@@ -102,19 +135,53 @@ fn packed(
     } else {
         false
     };
-    let par = gemm_parallelism();
-    // SAFETY: dst is [m, n] row-major (col stride 1, row stride n); lhs = x [m, k] row-major;
-    // rhs = wᵀ, i.e. element (kk, j) at w[j·k + kk]: row stride 1, col stride k. All three
-    // buffers were checked to be large enough in `matmul_nt`, and dst does not alias inputs.
+    // SAFETY: out is [m, n] row-major with row stride n, checked in `matmul_nt` to be
+    // large enough, as are x and w; out aliases neither.
+    unsafe {
+        gemm_x_wt(
+            out.as_mut_ptr(),
+            n,
+            x,
+            w,
+            m,
+            n,
+            k,
+            read_dst,
+            gemm_parallelism(),
+        )
+    };
+}
+
+/// dst[m, n] (+)= x[m, k] · wᵀ for w [n, k] row-major, through the `gemm` crate; dst rows
+/// are `dst_stride` apart (a column band of a wider output), adding to dst if `accumulate`.
+///
+/// SAFETY (callers): dst points at m rows of n writable f32, `dst_stride` apart, aliasing
+/// neither x (≥ m·k values) nor w (≥ n·k values).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_x_wt(
+    dst: *mut f32,
+    dst_stride: usize,
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    par: gemm::Parallelism,
+) {
+    debug_assert!(x.len() >= m * k && w.len() >= n * k);
+    // SAFETY: dst as the caller promises (col stride 1, row stride dst_stride); lhs = x
+    // [m, k] row-major; rhs = wᵀ, element (kk, j) at w[j·k + kk]: row stride 1, col
+    // stride k.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
-            read_dst,
+            dst_stride as isize,
+            accumulate,
             x.as_ptr(),
             1,
             k as isize,

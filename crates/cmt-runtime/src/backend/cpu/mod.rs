@@ -1,6 +1,6 @@
 //! The CPU backend: multithreaded (rayon), SIMD where it pays (matmul, attention dots).
 mod attention;
-mod matmul;
+pub(crate) mod matmul;
 pub mod simd;
 
 pub use matmul::{matmul_nn, matmul_nt, SKINNY_MAX_M};
