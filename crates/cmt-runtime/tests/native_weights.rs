@@ -8,7 +8,6 @@ use cmt_runtime::score::text_loss;
 use cmt_runtime::{CpuBackend, GenerateOptions, Logits, Model, SeqInput, WeightFormat};
 use common::{require, Fixtures};
 use std::path::Path;
-use std::process::Command;
 use std::sync::OnceLock;
 
 fn load(path: &Path, format: WeightFormat) -> Model<CpuBackend> {
@@ -133,22 +132,8 @@ fn perplexity_within_one_percent_of_hf() {
 fn q8_0_copy(dir: &Path) -> Option<std::path::PathBuf> {
     let src = common::default_model_path()?;
     let out = dir.join("smollm2-q8_0.gguf");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/requantize_gguf.py");
-    let r = Command::new("python3")
-        .arg(&script)
-        .arg(&src)
-        .arg(&out)
-        .arg("Q8_0")
-        .output()
-        .expect("python3 runs");
-    if !r.status.success() {
-        let err = String::from_utf8_lossy(&r.stderr);
-        if std::env::var_os("CI").is_some() {
-            panic!("CI: requantize_gguf.py failed: {err}");
-        }
-        eprintln!("SKIPPED: requantize_gguf.py failed (pip install gguf numpy?): {err}");
-        return None;
-    }
+    let args = [src.as_os_str(), out.as_os_str(), "Q8_0".as_ref()];
+    common::run_script("requantize_gguf.py", &args, "gguf numpy")?;
     Some(out)
 }
 

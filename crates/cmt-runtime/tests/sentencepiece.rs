@@ -43,22 +43,9 @@ fn texts() -> Vec<String> {
 fn reference(dir: &Path, texts: &[String]) -> Option<serde_json::Value> {
     let texts_path = dir.join("texts.json");
     std::fs::write(&texts_path, serde_json::to_string(texts).unwrap()).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make_spm_gguf.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(dir)
-        .arg(&texts_path)
-        .output()
-        .expect("python3 runs");
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if std::env::var_os("CI").is_some() {
-            panic!("CI: make_spm_gguf.py failed: {err}");
-        }
-        eprintln!("SKIPPED: make_spm_gguf.py failed (pip install sentencepiece gguf?): {err}");
-        return None;
-    }
-    Some(serde_json::from_slice(&out.stdout).expect("the script prints JSON"))
+    let args = [dir.as_os_str(), texts_path.as_os_str()];
+    let out = common::run_script("make_spm_gguf.py", &args, "sentencepiece gguf")?;
+    Some(serde_json::from_slice(&out).expect("the script prints JSON"))
 }
 
 #[test]

@@ -40,29 +40,22 @@ pub enum QType {
 }
 
 impl QType {
+    /// The kept type of a GGUF type on this CPU. The k-quants have an AVX-512 kernel only:
+    /// elsewhere the portable one would be slower than the f32 path, so they load as f32.
     pub fn from_ggml(t: GgmlType) -> Option<QType> {
+        let fast = dot::DotKernel::best().level() == dot::SimdLevel::Avx512Vnni;
+        Self::from_ggml_any_cpu(t).filter(|q| fast || !q.is_k())
+    }
+
+    /// The kept type of a GGUF type, whatever this CPU runs (tests of the portable kernels).
+    pub fn from_ggml_any_cpu(t: GgmlType) -> Option<QType> {
         match t {
             GgmlType::Q8_0 => Some(QType::Q8_0),
             GgmlType::Q4_0 => Some(QType::Q4_0),
             GgmlType::Q4_1 => Some(QType::Q4_1),
-            // The k-quants have an AVX-512 kernel only: elsewhere the portable one would
-            // be slower than the f32 path, so they load as f32 there.
-            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K
-                if dot::DotKernel::best().level() == dot::SimdLevel::Avx512Vnni =>
-            {
-                Self::from_ggml_any_cpu(t)
-            }
-            _ => None,
-        }
-    }
-
-    /// The same, whatever this CPU runs (tests of the portable k-quant kernel).
-    pub fn from_ggml_any_cpu(t: GgmlType) -> Option<QType> {
-        match t {
             GgmlType::Q4K => Some(QType::Q4K),
             GgmlType::Q5K => Some(QType::Q5K),
             GgmlType::Q6K => Some(QType::Q6K),
-            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => Self::from_ggml(t),
             _ => None,
         }
     }

@@ -146,3 +146,26 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Runs `scripts/<name>` with python3 and returns its stdout, or None (with a SKIPPED line
+/// saying what to install, `needs`) where it fails. On CI (`CI` set) a failure panics:
+/// `.ci/run` installs the packages the scripts use.
+pub fn run_script(name: &str, args: &[&std::ffi::OsStr], needs: &str) -> Option<Vec<u8>> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(name);
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    if out.status.success() {
+        return Some(out.stdout);
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if std::env::var_os("CI").is_some() {
+        panic!("CI: {name} failed: {err}");
+    }
+    eprintln!("SKIPPED: {name} failed (pip install {needs}?): {err}");
+    None
+}
