@@ -7,6 +7,7 @@
 use cmt_runtime::backend::cpu::matmul_nt;
 use cmt_runtime::quant::dot::{DotKernel, SimdLevel};
 use cmt_runtime::quant::matmul::{matmul_dequant_gemm, matmul_int8};
+use cmt_runtime::quant::packed::{packed_matmul_nt, PackedQ8};
 use cmt_runtime::quant::{QType, QuantMatrix};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
@@ -48,6 +49,9 @@ fn bench(c: &mut Criterion) {
         ("ffn_up", QType::Q4_1, 1536, 576),
         ("ffn_down", QType::Q4_1, 576, 1536),
         ("lm_head", QType::Q8_0, 49152, 576),
+        // The same layer matrices in the default model's Q8_0 copy.
+        ("ffn_up_q8", QType::Q8_0, 1536, 576),
+        ("ffn_down_q8", QType::Q8_0, 576, 1536),
         // A Llama-7B-sized projection in the k-quants of Q4_K_M / Q5_K_M files.
         ("q4k_4096", QType::Q4K, 4096, 4096),
         ("q5k_4096", QType::Q5K, 4096, 4096),
@@ -69,6 +73,14 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| matmul_int8(kern, black_box(&x), &w, None, &mut out, 1))
             });
         }
+        if let (Some(p), Some(kern)) = (
+            PackedQ8::from_q8_0(&w),
+            DotKernel::new(SimdLevel::Avx512Vnni),
+        ) {
+            g.bench_function(BenchmarkId::new(format!("{name}/packed"), 1), |b| {
+                b.iter(|| packed_matmul_nt(black_box(&x), &p, None, &mut out, 1, kern))
+            });
+        }
         let mut wf = vec![0.0f32; n * k];
         w.dequantize_rows(0, n, &mut wf);
         g.throughput(Throughput::Bytes((n * k * 4) as u64));
@@ -81,7 +93,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("quant_prefill128");
     g.measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
-    for (name, ty, n, k) in &shapes[..2] {
+    for (name, ty, n, k) in shapes.iter().filter(|s| s.0.starts_with("ffn")) {
         let (n, k) = (*n, *k);
         let w = matrix(*ty, n, k);
         let x: Vec<f32> = (0..128 * k)
@@ -101,6 +113,14 @@ fn bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(format!("{name}/f32"), 128), |b| {
             b.iter(|| matmul_nt(black_box(&x), &wf, None, &mut out, 128, n, k))
         });
+        if let (Some(p), Some(kern)) = (
+            PackedQ8::from_q8_0(&w),
+            DotKernel::new(SimdLevel::Avx512Vnni),
+        ) {
+            g.bench_function(BenchmarkId::new(format!("{name}/packed"), 128), |b| {
+                b.iter(|| packed_matmul_nt(black_box(&x), &p, None, &mut out, 128, kern))
+            });
+        }
     }
     g.finish();
 }

@@ -99,6 +99,7 @@ impl<B: Backend> Weights<B> {
             if format == WeightFormat::Native {
                 if let Some(mut q) = src.load_quant(name, [rows, cols])? {
                     q.act_planes = ACTIVATION_PLANES;
+                    q.pack();
                     return Ok(Mat {
                         data: MatData::Quant(q),
                         rows,

@@ -163,14 +163,31 @@ fn q8_0_copy_within_0_2_percent_of_the_f32_path() {
         "Q8_0 copy ppl loss: f32 path {reference:.6} (HF on the Q4_1 weights {:.6}), native prefill {prefill:.6}, token by token {stepwise:.6}",
         fx.f32("ppl.loss").0[0]
     );
-    assert!(
-        (prefill - reference).abs() <= 1e-4,
-        "prefill {prefill} vs f32 {reference}"
-    );
-    assert!(
-        (stepwise - reference).abs() <= 0.002 * reference,
-        "token by token {stepwise} vs f32 {reference}"
-    );
+    // Where the CPU has AVX-512 VNNI, every Q8_0 matmul (prefill too) runs the packed
+    // kernel on 16-bit activations, each row quantised on its own: prefill then agrees with
+    // token by token up to summation order, and both carry the activation rounding. Elsewhere
+    // prefill dequantises tiles to the f32 path's exact values.
+    let packed = m.weights.layers[0]
+        .w_up
+        .quant()
+        .is_some_and(|q| q.packed.is_some());
+    if packed {
+        assert!(
+            (prefill - stepwise).abs() <= 1e-5,
+            "packed prefill {prefill} vs token by token {stepwise}"
+        );
+    } else {
+        assert!(
+            (prefill - reference).abs() <= 1e-4,
+            "prefill {prefill} vs f32 {reference}"
+        );
+    }
+    for (what, v) in [("prefill", prefill), ("token by token", stepwise)] {
+        assert!(
+            (v - reference).abs() <= 0.002 * reference,
+            "{what} {v} vs f32 {reference}"
+        );
+    }
 }
 
 /// `--weights bf16` rounds the golden Q4_1 values to bf16 (8 mantissa bits), so the loss

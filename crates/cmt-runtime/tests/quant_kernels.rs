@@ -408,3 +408,118 @@ mod k_quants {
         }
     }
 }
+
+/// Q8_0 repacked in 16-row groups with 16-bit activations (`quant::packed`, the prefill
+/// path on AVX-512 VNNI). Its bound: per block b the activation scale is
+/// d_b = max|x|/32767, so the rounding error is Σ_b (d_b/2)·Σ_{i∈b} |w_i|, plus f32
+/// rounding as above.
+mod packed_q8 {
+    use super::*;
+    use cmt_runtime::quant::packed::{packed_matmul_nt, Acts16, PackedQ8};
+
+    fn levels() -> Vec<DotKernel> {
+        [SimdLevel::Portable, SimdLevel::Avx512Vnni]
+            .into_iter()
+            .filter_map(DotKernel::new)
+            .collect()
+    }
+
+    fn check(m: usize, n: usize, nb: usize, seed: u64) {
+        let k = nb * BLOCK;
+        let w = random_matrix(QType::Q8_0, n, k, seed);
+        let wf = dequantized(&w);
+        let p = PackedQ8::from_q8_0(&w).unwrap();
+        let x = random_acts(m * k, seed + 1);
+        let bias = random_acts(n, seed + 2);
+        let acts = Acts16::quantize(&x, m, k);
+        let mut first: Option<Vec<f32>> = None;
+        for kernel in levels() {
+            let mut got = vec![f32::NAN; m * n];
+            packed_matmul_nt(&x, &p, Some(&bias), &mut got, m, kernel);
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut want, mut bound) = (bias[j] as f64, 1e-30);
+                    for b in 0..nb {
+                        let d = acts.d[i * nb + b] as f64;
+                        for c in b * BLOCK..(b + 1) * BLOCK {
+                            let (wv, xv) = (wf[j * k + c] as f64, x[i * k + c] as f64);
+                            want += wv * xv;
+                            bound += d / 2.0 * wv.abs() + 1e-5 * wv.abs() * (xv.abs() + d);
+                        }
+                    }
+                    let g = got[i * n + j] as f64;
+                    assert!(
+                        (g - want).abs() <= bound + 1e-6 * want.abs(),
+                        "{:?} m{m} n{n} k{k}: out[{i},{j}] {g} vs {want} (bound {bound})",
+                        kernel.level()
+                    );
+                }
+            }
+            // The same integer sums and the same f32 steps in the same order: every level
+            // gives the same bits.
+            match &first {
+                None => first = Some(got),
+                Some(f) => assert!(
+                    f.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{:?} differs from the portable kernel",
+                    kernel.level()
+                ),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+
+        /// Ragged groups (n not a multiple of 16), tile tails (m not a multiple of 8),
+        /// odd block counts.
+        #[test]
+        fn packed_matmul_matches_the_dequantised_reference(
+            m in 1usize..30, n in 1usize..90, nb in 1usize..8, seed in 1u64..u64::MAX,
+        ) {
+            check(m, n, nb, seed);
+        }
+    }
+
+    #[test]
+    fn extremes_do_not_overflow_the_block_sums() {
+        // Every weight −128 and every activation at full scale: a block sums to
+        // 32 · (−128) · 32767, the largest magnitude there is.
+        let (n, nb) = (17, 3);
+        let k = nb * BLOCK;
+        let mut data = Vec::new();
+        for _ in 0..n * nb {
+            data.extend(f16::from_f32(1.0).to_le_bytes());
+            data.extend([0x80u8; BLOCK]);
+        }
+        let w = QuantMatrix::new(QType::Q8_0, n, k, data).unwrap();
+        let p = PackedQ8::from_q8_0(&w).unwrap();
+        let x = vec![2.5f32; 3 * k];
+        for kernel in levels() {
+            let mut got = vec![0.0; 3 * n];
+            packed_matmul_nt(&x, &p, None, &mut got, 3, kernel);
+            for v in got {
+                assert!((v as f64 + 128.0 * 2.5 * k as f64).abs() < 1e-3, "{v}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_loader_packs_q8_0_only_where_vnni_runs_and_prefill_reads_it() {
+        let (m, n, nb) = (24, 40, 5);
+        let k = nb * BLOCK;
+        let mut w = random_matrix(QType::Q8_0, n, k, 7);
+        let vnni = DotKernel::new(SimdLevel::Avx512Vnni).is_some();
+        assert_eq!(w.pack(), vnni);
+        let mut q4 = random_matrix(QType::Q4_1, n, k, 7);
+        assert!(!q4.pack(), "only Q8_0 has a packed layout");
+        if let Some(kernel) = DotKernel::new(SimdLevel::Avx512Vnni) {
+            let x = random_acts(m * k, 8);
+            let (mut via_dispatch, mut direct) = (vec![0.0; m * n], vec![0.0; m * n]);
+            quant_matmul_nt(&x, &w, None, &mut via_dispatch, m);
+            let p = w.packed.as_ref().unwrap();
+            packed_matmul_nt(&x, p, None, &mut direct, m, kernel);
+            assert_eq!(via_dispatch, direct, "m > 8 goes through the packed kernel");
+        }
+    }
+}

@@ -1,10 +1,12 @@
 //! out[m, n] = x[m, k] · wᵀ (+ bias) for a quantised w [n, k].
 //!
-//! Decode (m ≤ [`INT8_MAX_M`]) is bound by reading w once: x is quantised to 8-bit blocks
-//! once, and each rayon task streams a band of w's rows, dotting each with all m rows while
-//! it is in L1. Prefill is compute bound: each task dequantises a tile of w's rows to f32
-//! (exactly the values the f32 path holds) and hands it to the `gemm` crate's kernels, so
-//! prefill keeps the f32 path's speed and accuracy at a fraction of its memory.
+//! Q8_0 on AVX-512 VNNI CPUs, every m: the packed 16-row layout and 16-bit activations of
+//! [`super::packed`] (faster than both paths below at m = 1 and m = 128; `docs/perf.md`).
+//! Otherwise decode (m ≤ [`INT8_MAX_M`]) is bound by reading w once: x is quantised to 8-bit
+//! blocks once, and each rayon task streams a band of w's rows, dotting each with all m rows
+//! while it is in L1. Prefill is compute bound: each task dequantises a tile of w's rows to
+//! f32 (exactly the values the f32 path holds) and hands it to the `gemm` crate's kernels,
+//! so prefill keeps the f32 path's speed and accuracy at a fraction of its memory.
 use super::acts::QuantActs;
 use super::dot::DotKernel;
 use super::QuantMatrix;
@@ -27,7 +29,9 @@ pub fn quant_matmul_nt(
     out: &mut [f32],
     m: usize,
 ) {
-    if m <= INT8_MAX_M {
+    if let Some(p) = &w.packed {
+        super::packed::packed_matmul_nt(x, p, bias, out, m, DotKernel::best());
+    } else if m <= INT8_MAX_M {
         matmul_int8(DotKernel::best(), x, w, bias, out, m);
     } else {
         matmul_dequant_gemm(x, w, bias, out, m);

@@ -10,6 +10,7 @@ pub mod bf16;
 pub mod dot;
 pub mod kquant;
 pub mod matmul;
+pub mod packed;
 
 use crate::gguf::{dequantize, GgmlType};
 use half::f16;
@@ -110,6 +111,9 @@ pub struct QuantMatrix {
     /// Activation planes the int8 matmul quantises x into for this matrix (1 or 2; see
     /// [`acts::QuantActs::quantize_planes`]).
     pub act_planes: usize,
+    /// Q8_0 on AVX-512 VNNI CPUs: the rows again in [`packed`]'s 16-row groups, which every
+    /// matmul of this matrix then reads instead of the blocks (set by [`QuantMatrix::pack`]).
+    pub packed: Option<Arc<packed::PackedQ8>>,
 }
 
 /// One row of a [`QuantMatrix`], as the dot kernels read it.
@@ -225,7 +229,34 @@ impl QuantMatrix {
             mins,
             ksm,
             act_planes: 1,
+            packed: None,
         })
+    }
+
+    /// Adds the packed copy the 16-bit-activation kernel reads, where this CPU runs it and
+    /// the type has one (Q8_0); returns whether it did.
+    pub fn pack(&mut self) -> bool {
+        if dot::DotKernel::best().level() != dot::SimdLevel::Avx512Vnni {
+            return false;
+        }
+        self.packed = packed::PackedQ8::from_q8_0(self).map(Arc::new);
+        #[cfg(unix)]
+        if let (Some(_), Blocks::Mapped(map, range)) = (&self.packed, &self.data) {
+            // Packing read every page of the blocks; from now on only embedding lookups read
+            // them (a few rows a step), so hand the pages back instead of holding two copies
+            // in the resident set. Advice only: an error changes nothing.
+            // SAFETY: `map` is a read-only file mapping (`Mmap`, never written): a dropped
+            // page is read from the file again on its next access, so every borrow of the map
+            // keeps seeing the same bytes.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    range.start,
+                    range.len(),
+                )
+            };
+        }
+        self.packed.is_some()
     }
 
     pub fn row_bytes(&self) -> usize {

@@ -1,0 +1,299 @@
+//! Q8_0 weights repacked 16 rows at a time for an int16 × int8 matmul (AVX-512 VNNI
+//! `vpdpwssd`), every m.
+//!
+//! The row-layout kernels of [`super::dot`] dot one weight row with one activation row, so
+//! each integer block sum ends in a horizontal reduction and an f32 step per (row, row,
+//! block): fine for decode, 6.7× slower than the f32 GEMM at m = 128 (`docs/perf.md`).
+//! Here one 512-bit lane holds one output row: a group of 16 weight rows is stored
+//! interleaved by column pairs, `[block][pair p][row r][2]`, so one 32-byte load widened to
+//! 16-bit is columns (2p, 2p + 1) of all 16 rows, and one `vpdpwssd` with a broadcast
+//! activation pair adds 32 products into 16 per-row sums. After each 32-column block the
+//! 16 sums are scaled (weight scale per lane × activation scale) into f32 accumulators.
+//! Nothing is reduced horizontally; an activation tile of up to [`TILE_M`] rows shares
+//! every widened weight load.
+//!
+//! Activations are quantised per 32-element block to **16 bits** (d = max|x| / 32767,
+//! error ≤ d/2 per element): the accuracy of the row kernels' two 8-bit planes
+//! (d₁/508 with d₁ = max|x|/127, i.e. max|x|/64516) in one operand. A block's integer sum
+//! is at most 32 · 128 · 32767 < 2³¹: no overflow.
+use super::dot::{DotKernel, SimdLevel};
+use super::{QType, QuantMatrix, BLOCK};
+use crate::backend::cpu::matmul::SendPtr;
+use rayon::prelude::*;
+
+/// Weight rows per group (one 512-bit lane each).
+pub const GROUP: usize = 16;
+/// Activation rows sharing each weight load (16 i32 + 16 f32 accumulators would spill:
+/// 8 + 8 of the 32 zmm registers leave room for the weights and broadcasts).
+pub const TILE_M: usize = 8;
+/// Weight groups per rayon task.
+const GROUPS_PER_TASK: usize = 4;
+
+/// A Q8_0 matrix in 16-row interleaved groups (rows padded to a multiple of 16 with zeros).
+#[derive(Debug, Clone)]
+pub struct PackedQ8 {
+    pub rows: usize,
+    pub cols: usize,
+    /// [groups][blocks][16 pairs][16 rows][2] i8.
+    qs: Vec<i8>,
+    /// [groups][blocks][16 rows] f32 weight scales.
+    d: Vec<f32>,
+}
+
+impl PackedQ8 {
+    /// Repacks a Q8_0 matrix (None for other types).
+    pub fn from_q8_0(w: &QuantMatrix) -> Option<PackedQ8> {
+        if w.ty != QType::Q8_0 {
+            return None;
+        }
+        let (rows, cols) = (w.rows, w.cols);
+        let (groups, nb) = (rows.div_ceil(GROUP), cols / BLOCK);
+        let mut qs = vec![0i8; groups * nb * GROUP * BLOCK];
+        let mut d = vec![0f32; groups * nb * GROUP];
+        for r in 0..rows {
+            let (g, lane) = (r / GROUP, r % GROUP);
+            // A Q8_0 block: f16 scale, then 32 × i8.
+            for (b, blk) in w.row_blocks(r).chunks_exact(34).enumerate() {
+                let gb = g * nb + b;
+                d[gb * GROUP + lane] = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                for (c, &q) in blk[2..].iter().enumerate() {
+                    let (p, e) = (c / 2, c % 2);
+                    qs[((gb * 16 + p) * GROUP + lane) * 2 + e] = q as i8;
+                }
+            }
+        }
+        Some(PackedQ8 { rows, cols, qs, d })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.qs.len() + 4 * self.d.len()
+    }
+
+    fn blocks(&self) -> usize {
+        self.cols / BLOCK
+    }
+}
+
+/// m rows of activations quantised per 32-element block to i16.
+#[derive(Debug, Clone)]
+pub struct Acts16 {
+    pub k: usize,
+    /// [m · k].
+    pub qs: Vec<i16>,
+    /// [m · k/32] block scales.
+    pub d: Vec<f32>,
+}
+
+impl Acts16 {
+    pub fn quantize(x: &[f32], m: usize, k: usize) -> Acts16 {
+        assert!(
+            k.is_multiple_of(BLOCK),
+            "activation width {k} is not whole blocks"
+        );
+        let mut a = Acts16 {
+            k,
+            qs: vec![0; m * k],
+            d: vec![0.0; m * k / BLOCK],
+        };
+        for (b, (xs, qs)) in x[..m * k]
+            .chunks_exact(BLOCK)
+            .zip(a.qs.chunks_exact_mut(BLOCK))
+            .enumerate()
+        {
+            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 32767.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (q, &v) in qs.iter_mut().zip(xs) {
+                // Half away from zero, inline (see `QuantActs::quantize`); the clamp keeps a
+                // rounding of id upwards from wrapping.
+                let t = v * id;
+                *q = ((t + 0.5f32.copysign(t)) as i32).clamp(-32767, 32767) as i16;
+            }
+            a.d[b] = d;
+        }
+        a
+    }
+
+    /// Per block, the largest error of a dequantised element (d/2).
+    pub fn max_error(&self, block: usize) -> f32 {
+        0.5 * self.d[block]
+    }
+}
+
+/// out[m, n] = x[m, k] · wᵀ (+ bias) through the packed layout: the AVX-512 VNNI kernel
+/// when `kernel` is that level, else the portable one (tests; the loader packs only on
+/// VNNI CPUs).
+pub fn packed_matmul_nt(
+    x: &[f32],
+    w: &PackedQ8,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    kernel: DotKernel,
+) {
+    let vnni = kernel.level() == SimdLevel::Avx512Vnni;
+    let (n, k) = (w.rows, w.cols);
+    assert!(
+        x.len() >= m * k && out.len() >= m * n && bias.is_none_or(|b| b.len() >= n),
+        "packed matmul: buffers too small"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let acts = Acts16::quantize(x, m, k);
+    let groups = n.div_ceil(GROUP);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..groups.div_ceil(GROUPS_PER_TASK))
+        .into_par_iter()
+        .for_each(|t| {
+            let optr = out_ptr;
+            for g in t * GROUPS_PER_TASK..((t + 1) * GROUPS_PER_TASK).min(groups) {
+                for i0 in (0..m).step_by(TILE_M) {
+                    let rows = TILE_M.min(m - i0);
+                    let mut acc = [[0f32; GROUP]; TILE_M];
+                    #[cfg(target_arch = "x86_64")]
+                    if vnni {
+                        // SAFETY: a DotKernel of level Avx512Vnni exists only where the CPU
+                        // has AVX-512 F/BW/VNNI; the tile checks its ranges.
+                        unsafe { avx512::group_tile(w, g, &acts, i0, rows, &mut acc) };
+                    } else {
+                        group_tile_portable(w, g, &acts, i0, rows, &mut acc);
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    {
+                        let _ = vnni;
+                        group_tile_portable(w, g, &acts, i0, rows, &mut acc);
+                    }
+                    let lanes = GROUP.min(n - g * GROUP);
+                    for (j, a) in acc.iter().enumerate().take(rows) {
+                        for (r, &v) in a.iter().enumerate().take(lanes) {
+                            let col = g * GROUP + r;
+                            let b = bias.map_or(0.0, |b| b[col]);
+                            // SAFETY: (i0 + j, col) is inside out (checked: i0 + j < m,
+                            // col < n), and columns of group g belong to this task only.
+                            unsafe { *optr.0.add((i0 + j) * n + col) = v + b };
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The reference: the same integer block sums and the same f32 steps, in scalar code.
+fn group_tile_portable(
+    w: &PackedQ8,
+    g: usize,
+    a: &Acts16,
+    i0: usize,
+    rows: usize,
+    acc: &mut [[f32; GROUP]; TILE_M],
+) {
+    let (nb, k) = (w.blocks(), a.k);
+    for b in 0..nb {
+        let gb = g * nb + b;
+        let wq = &w.qs[gb * GROUP * BLOCK..(gb + 1) * GROUP * BLOCK];
+        let wd = &w.d[gb * GROUP..(gb + 1) * GROUP];
+        for (j, accj) in acc.iter_mut().enumerate().take(rows) {
+            let i = i0 + j;
+            let xq = &a.qs[i * k + b * BLOCK..i * k + (b + 1) * BLOCK];
+            let da = a.d[i * nb + b];
+            for (r, v) in accj.iter_mut().enumerate() {
+                let mut s = 0i32;
+                for p in 0..16 {
+                    let q = &wq[(p * GROUP + r) * 2..(p * GROUP + r) * 2 + 2];
+                    s += q[0] as i32 * xq[2 * p] as i32 + q[1] as i32 * xq[2 * p + 1] as i32;
+                }
+                *v = (s as f32).mul_add(wd[r] * da, *v);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Acts16, PackedQ8, BLOCK, GROUP, TILE_M};
+    use std::arch::x86_64::*;
+
+    /// `acc[j]` = the 16 outputs of group `g` for activation row i0 + j, j < rows.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn group_tile(
+        w: &PackedQ8,
+        g: usize,
+        a: &Acts16,
+        i0: usize,
+        rows: usize,
+        acc: &mut [[f32; GROUP]; TILE_M],
+    ) {
+        // One instance per tile height, so the accumulator arrays live in registers.
+        match rows {
+            8 => tile::<8>(w, g, a, i0, acc),
+            7 => tile::<7>(w, g, a, i0, acc),
+            6 => tile::<6>(w, g, a, i0, acc),
+            5 => tile::<5>(w, g, a, i0, acc),
+            4 => tile::<4>(w, g, a, i0, acc),
+            3 => tile::<3>(w, g, a, i0, acc),
+            2 => tile::<2>(w, g, a, i0, acc),
+            1 => tile::<1>(w, g, a, i0, acc),
+            _ => unreachable!("tile heights are 1..=TILE_M"),
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    unsafe fn tile<const R: usize>(
+        w: &PackedQ8,
+        g: usize,
+        a: &Acts16,
+        i0: usize,
+        acc: &mut [[f32; GROUP]; TILE_M],
+    ) {
+        let (nb, k) = (w.blocks(), a.k);
+        assert!(
+            (g + 1) * nb * GROUP * BLOCK <= w.qs.len()
+                && (g + 1) * nb * GROUP <= w.d.len()
+                && (i0 + R) * k <= a.qs.len()
+                && (i0 + R) * nb <= a.d.len(),
+            "packed tile out of range"
+        );
+        let wq = w.qs.as_ptr().add(g * nb * GROUP * BLOCK);
+        let wd = w.d.as_ptr().add(g * nb * GROUP);
+        let xq = a.qs.as_ptr().add(i0 * k);
+        let xd = a.d.as_ptr().add(i0 * nb);
+        // Two i32 sums per row (even and odd column pairs): each `vpdpwssd` chain is 8 long
+        // per block instead of 16, so 2R independent chains hide its latency; with the R
+        // f32 sums that is 3R ≤ 24 of the 32 zmm registers.
+        let mut f = [_mm512_setzero_ps(); R];
+        for b in 0..nb {
+            let (mut s0, mut s1) = ([_mm512_setzero_si512(); R], [_mm512_setzero_si512(); R]);
+            let wb = wq.add(b * GROUP * BLOCK);
+            for p in (0..16).step_by(2) {
+                // SAFETY (all loads): inside the ranges asserted above.
+                let w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(wb.add(p * 32) as *const _));
+                let w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(wb.add(p * 32 + 32) as *const _));
+                for j in 0..R {
+                    // Columns (b·32 + 2p, +1) of activation row i0 + j as one i32, then the
+                    // next pair.
+                    let at = xq.add(j * k + b * BLOCK + 2 * p) as *const i32;
+                    s0[j] = _mm512_dpwssd_epi32(s0[j], w0, _mm512_set1_epi32(at.read_unaligned()));
+                    s1[j] = _mm512_dpwssd_epi32(
+                        s1[j],
+                        w1,
+                        _mm512_set1_epi32(at.add(1).read_unaligned()),
+                    );
+                }
+            }
+            let dw = _mm512_loadu_ps(wd.add(b * GROUP));
+            for j in 0..R {
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*xd.add(j * nb + b)));
+                let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j]));
+                f[j] = _mm512_fmadd_ps(sum, scale, f[j]);
+            }
+        }
+        for (j, fj) in f.iter().enumerate() {
+            _mm512_storeu_ps(acc[j].as_mut_ptr(), *fj);
+        }
+    }
+}
