@@ -7,7 +7,7 @@
 use cmt_runtime::backend::cpu::matmul_nt;
 use cmt_runtime::quant::dot::{DotKernel, SimdLevel};
 use cmt_runtime::quant::matmul::{matmul_dequant_gemm, matmul_int8};
-use cmt_runtime::quant::packed::{packed_matmul_nt, PackedQ8};
+use cmt_runtime::quant::packed::{packed_matmul_nt, Packed};
 use cmt_runtime::quant::{QType, QuantMatrix};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
@@ -73,10 +73,7 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| matmul_int8(kern, black_box(&x), &w, None, &mut out, 1))
             });
         }
-        if let (Some(p), Some(kern)) = (
-            PackedQ8::from_q8_0(&w),
-            DotKernel::new(SimdLevel::Avx512Vnni),
-        ) {
+        if let (Some(p), Some(kern)) = (Packed::new(&w), DotKernel::new(SimdLevel::Avx512Vnni)) {
             g.bench_function(BenchmarkId::new(format!("{name}/packed"), 1), |b| {
                 b.iter(|| packed_matmul_nt(black_box(&x), &p, None, &mut out, 1, kern))
             });
@@ -113,10 +110,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(format!("{name}/f32"), 128), |b| {
             b.iter(|| matmul_nt(black_box(&x), &wf, None, &mut out, 128, n, k))
         });
-        if let (Some(p), Some(kern)) = (
-            PackedQ8::from_q8_0(&w),
-            DotKernel::new(SimdLevel::Avx512Vnni),
-        ) {
+        if let (Some(p), Some(kern)) = (Packed::new(&w), DotKernel::new(SimdLevel::Avx512Vnni)) {
             g.bench_function(BenchmarkId::new(format!("{name}/packed"), 128), |b| {
                 b.iter(|| packed_matmul_nt(black_box(&x), &p, None, &mut out, 128, kern))
             });

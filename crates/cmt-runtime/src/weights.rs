@@ -192,7 +192,12 @@ impl<B: Backend> Weights<B> {
     pub fn matrix_bytes(&self) -> usize {
         self.sum_matrices(|m| match &m.data {
             MatData::Dense(_) => m.rows * m.cols * 4,
-            MatData::Quant(q) => q.bytes() + q.table_bytes(),
+            // What a matmul reads: the packed copy where there is one (the blocks then
+            // serve only embedding lookups).
+            MatData::Quant(q) => q
+                .packed
+                .as_ref()
+                .map_or(q.bytes() + q.table_bytes(), |p| p.bytes()),
             MatData::Bf16(b) => b.bytes(),
         })
     }
@@ -219,7 +224,9 @@ impl<B: Backend> Weights<B> {
 /// 24 tokens; two planes only for the inputs that are not RMSNorm outputs (o_proj,
 /// down_proj) fixed that prompt but left another at 10 of 24 depending on how ties round;
 /// two everywhere keep all three at 24 of 24 and the perplexity paragraph's loss within
-/// 6e-6 of HF's, for no decode speed this machine can resolve (`docs/perf.md`).
+/// 6e-6 of HF's, for no decode speed this machine can resolve (`docs/perf.md`). Matrices
+/// with a packed copy (Q8_0/Q4_0/Q4_1 on AVX-512 VNNI) quantise their input to 16 bits
+/// instead, the same accuracy in one operand (`quant::packed`).
 const ACTIVATION_PLANES: usize = 2;
 
 /// A NaN or infinity in a weight is a damaged file; say which tensor and where.

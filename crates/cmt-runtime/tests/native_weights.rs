@@ -118,12 +118,25 @@ fn perplexity_within_one_percent_of_hf() {
     eprintln!(
         "ppl loss: HF {hf:.6}, native prefill {prefill:.6}, native token by token {stepwise:.6}"
     );
-    // Prefill dequantises tiles to the exact f32 values: the f32 path's tolerance.
-    assert!((prefill - hf).abs() <= 1e-4, "prefill {prefill} vs HF {hf}");
-    assert!(
-        (stepwise - hf).abs() <= 0.01 * hf,
-        "token by token {stepwise} vs HF {hf}"
-    );
+    // AVX-512 VNNI CPUs run every Q4_1/Q8_0 matmul on the packed kernel (16-bit
+    // activations, each row quantised on its own): prefill equals token by token up to
+    // summation order. Elsewhere prefill dequantises tiles to the exact f32 values: the f32
+    // path's tolerance.
+    let packed = m.weights.layers[0]
+        .w_up
+        .quant()
+        .is_some_and(|q| q.packed.is_some());
+    if packed {
+        assert!(
+            (prefill - stepwise).abs() <= 1e-5,
+            "packed prefill {prefill} vs token by token {stepwise}"
+        );
+    } else {
+        assert!((prefill - hf).abs() <= 1e-4, "prefill {prefill} vs HF {hf}");
+    }
+    for (what, v) in [("prefill", prefill), ("token by token", stepwise)] {
+        assert!((v - hf).abs() <= 0.01 * hf, "{what} {v} vs HF {hf}");
+    }
 }
 
 /// The default model rewritten by gguf-py with every Q4_1 matrix requantised to Q8_0

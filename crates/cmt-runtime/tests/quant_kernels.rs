@@ -409,13 +409,13 @@ mod k_quants {
     }
 }
 
-/// Q8_0 repacked in 16-row groups with 16-bit activations (`quant::packed`, the prefill
-/// path on AVX-512 VNNI). Its bound: per block b the activation scale is
+/// Q8_0, Q4_0 and Q4_1 repacked in 16-row groups with 16-bit activations (`quant::packed`,
+/// every matmul of those types on AVX-512 VNNI). Its bound: per block b the activation scale is
 /// d_b = max|x|/32767, so the rounding error is Σ_b (d_b/2)·Σ_{i∈b} |w_i|, plus f32
 /// rounding as above.
-mod packed_q8 {
+mod packed {
     use super::*;
-    use cmt_runtime::quant::packed::{packed_matmul_nt, Acts16, PackedQ8};
+    use cmt_runtime::quant::packed::{packed_matmul_nt, Acts16, Packed};
 
     fn levels() -> Vec<DotKernel> {
         [SimdLevel::Portable, SimdLevel::Avx512Vnni]
@@ -424,11 +424,11 @@ mod packed_q8 {
             .collect()
     }
 
-    fn check(m: usize, n: usize, nb: usize, seed: u64) {
+    fn check(ty: QType, m: usize, n: usize, nb: usize, seed: u64) {
         let k = nb * BLOCK;
-        let w = random_matrix(QType::Q8_0, n, k, seed);
+        let w = random_matrix(ty, n, k, seed);
         let wf = dequantized(&w);
-        let p = PackedQ8::from_q8_0(&w).unwrap();
+        let p = Packed::new(&w).unwrap();
         let x = random_acts(m * k, seed + 1);
         let bias = random_acts(n, seed + 2);
         let acts = Acts16::quantize(&x, m, k);
@@ -450,7 +450,7 @@ mod packed_q8 {
                     let g = got[i * n + j] as f64;
                     assert!(
                         (g - want).abs() <= bound + 1e-6 * want.abs(),
-                        "{:?} m{m} n{n} k{k}: out[{i},{j}] {g} vs {want} (bound {bound})",
+                        "{ty:?} {:?} m{m} n{n} k{k}: out[{i},{j}] {g} vs {want} (bound {bound})",
                         kernel.level()
                     );
                 }
@@ -475,9 +475,9 @@ mod packed_q8 {
         /// odd block counts.
         #[test]
         fn packed_matmul_matches_the_dequantised_reference(
-            m in 1usize..30, n in 1usize..90, nb in 1usize..8, seed in 1u64..u64::MAX,
+            t in 0usize..3, m in 1usize..30, n in 1usize..90, nb in 1usize..8, seed in 1u64..u64::MAX,
         ) {
-            check(m, n, nb, seed);
+            check(TYPES[t], m, n, nb, seed);
         }
     }
 
@@ -493,7 +493,7 @@ mod packed_q8 {
             data.extend([0x80u8; BLOCK]);
         }
         let w = QuantMatrix::new(QType::Q8_0, n, k, data).unwrap();
-        let p = PackedQ8::from_q8_0(&w).unwrap();
+        let p = Packed::new(&w).unwrap();
         let x = vec![2.5f32; 3 * k];
         for kernel in levels() {
             let mut got = vec![0.0; 3 * n];
@@ -505,21 +505,27 @@ mod packed_q8 {
     }
 
     #[test]
-    fn the_loader_packs_q8_0_only_where_vnni_runs_and_prefill_reads_it() {
+    fn the_loader_packs_only_where_vnni_runs_and_every_m_reads_it() {
         let (m, n, nb) = (24, 40, 5);
         let k = nb * BLOCK;
         let mut w = random_matrix(QType::Q8_0, n, k, 7);
         let vnni = DotKernel::new(SimdLevel::Avx512Vnni).is_some();
         assert_eq!(w.pack(), vnni);
-        let mut q4 = random_matrix(QType::Q4_1, n, k, 7);
-        assert!(!q4.pack(), "only Q8_0 has a packed layout");
+        for ty in [QType::Q4_0, QType::Q4_1] {
+            assert_eq!(random_matrix(ty, n, k, 7).pack(), vnni, "{ty:?}");
+        }
+        let mut k_quant = random_matrix(QType::Q4K, n, 256, 7);
+        assert!(!k_quant.pack(), "the k-quants have no packed layout");
         if let Some(kernel) = DotKernel::new(SimdLevel::Avx512Vnni) {
             let x = random_acts(m * k, 8);
             let (mut via_dispatch, mut direct) = (vec![0.0; m * n], vec![0.0; m * n]);
             quant_matmul_nt(&x, &w, None, &mut via_dispatch, m);
             let p = w.packed.as_ref().unwrap();
             packed_matmul_nt(&x, p, None, &mut direct, m, kernel);
-            assert_eq!(via_dispatch, direct, "m > 8 goes through the packed kernel");
+            assert_eq!(
+                via_dispatch, direct,
+                "the dispatch goes through the packed kernel"
+            );
         }
     }
 }

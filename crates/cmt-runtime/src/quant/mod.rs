@@ -111,9 +111,9 @@ pub struct QuantMatrix {
     /// Activation planes the int8 matmul quantises x into for this matrix (1 or 2; see
     /// [`acts::QuantActs::quantize_planes`]).
     pub act_planes: usize,
-    /// Q8_0 on AVX-512 VNNI CPUs: the rows again in [`packed`]'s 16-row groups, which every
+    /// Q8_0/Q4_0/Q4_1 on AVX-512 VNNI CPUs: the rows again in [`packed`]'s 16-row groups, which every
     /// matmul of this matrix then reads instead of the blocks (set by [`QuantMatrix::pack`]).
-    pub packed: Option<Arc<packed::PackedQ8>>,
+    pub packed: Option<Arc<packed::Packed>>,
 }
 
 /// One row of a [`QuantMatrix`], as the dot kernels read it.
@@ -234,12 +234,12 @@ impl QuantMatrix {
     }
 
     /// Adds the packed copy the 16-bit-activation kernel reads, where this CPU runs it and
-    /// the type has one (Q8_0); returns whether it did.
+    /// the type has one (Q8_0, Q4_0, Q4_1); returns whether it did.
     pub fn pack(&mut self) -> bool {
         if dot::DotKernel::best().level() != dot::SimdLevel::Avx512Vnni {
             return false;
         }
-        self.packed = packed::PackedQ8::from_q8_0(self).map(Arc::new);
+        self.packed = packed::Packed::new(self).map(Arc::new);
         #[cfg(unix)]
         if let (Some(_), Blocks::Mapped(map, range)) = (&self.packed, &self.data) {
             // Packing read every page of the blocks; from now on only embedding lookups read

@@ -1,5 +1,5 @@
-//! Q8_0 weights repacked 16 rows at a time for an int16 × int8 matmul (AVX-512 VNNI
-//! `vpdpwssd`), every m.
+//! Q8_0, Q4_0 and Q4_1 weights repacked 16 rows at a time for an int16 × int8 matmul
+//! (AVX-512 VNNI `vpdpwssd`), every m.
 //!
 //! The row-layout kernels of [`super::dot`] dot one weight row with one activation row, so
 //! each integer block sum ends in a horizontal reduction and an f32 step per (row, row,
@@ -11,6 +11,11 @@
 //! 16 sums are scaled (weight scale per lane × activation scale) into f32 accumulators.
 //! Nothing is reduced horizontally; an activation tile of up to [`TILE_M`] rows shares
 //! every widened weight load.
+//!
+//! Q4_0/Q4_1 keep their nibbles (16 bytes per pair of columns of 16 rows: byte r holds
+//! column 2p of row r in its low nibble, 2p + 1 in its high one), widened in registers to
+//! the same 16-bit pairs; their offset enters per block as m_r · d_a·Σq_a (Q4_1's minimum m;
+//! Q4_0's x = d·(q − 8) is m = −8d), so every type shares one kernel.
 //!
 //! Activations are quantised per 32-element block to **16 bits** (d = max|x| / 32767,
 //! error ≤ d/2 per element): the accuracy of the row kernels' two 8-bit planes
@@ -29,44 +34,94 @@ pub const TILE_M: usize = 8;
 /// Weight groups per rayon task.
 const GROUPS_PER_TASK: usize = 4;
 
-/// A Q8_0 matrix in 16-row interleaved groups (rows padded to a multiple of 16 with zeros).
+/// A Q8_0, Q4_0 or Q4_1 matrix in 16-row interleaved groups (rows padded to a multiple of
+/// 16 with zeros).
 #[derive(Debug, Clone)]
-pub struct PackedQ8 {
+pub struct Packed {
     pub rows: usize,
     pub cols: usize,
-    /// [groups][blocks][16 pairs][16 rows][2] i8.
-    qs: Vec<i8>,
+    /// Nibbles (Q4_0/Q4_1) rather than bytes (Q8_0).
+    nibbles: bool,
+    /// Q8_0: [groups][blocks][16 pairs][16 rows][2] i8. Q4: [groups][blocks][16 pairs][16
+    /// rows] bytes of two nibbles.
+    qs: Vec<u8>,
     /// [groups][blocks][16 rows] f32 weight scales.
     d: Vec<f32>,
+    /// [groups][blocks][16 rows] f32 offsets m (Q4 only; x = d·q + m).
+    m: Vec<f32>,
 }
 
-impl PackedQ8 {
-    /// Repacks a Q8_0 matrix (None for other types).
-    pub fn from_q8_0(w: &QuantMatrix) -> Option<PackedQ8> {
-        if w.ty != QType::Q8_0 {
-            return None;
-        }
+/// Bytes of one group's block in the packed layout.
+fn group_block_bytes(nibbles: bool) -> usize {
+    if nibbles {
+        GROUP * BLOCK / 2
+    } else {
+        GROUP * BLOCK
+    }
+}
+
+impl Packed {
+    /// Repacks a Q8_0, Q4_0 or Q4_1 matrix (None for other types).
+    pub fn new(w: &QuantMatrix) -> Option<Packed> {
+        let nibbles = match w.ty {
+            QType::Q8_0 => false,
+            QType::Q4_0 | QType::Q4_1 => true,
+            _ => return None,
+        };
         let (rows, cols) = (w.rows, w.cols);
-        let (groups, nb) = (rows.div_ceil(GROUP), cols / BLOCK);
-        let mut qs = vec![0i8; groups * nb * GROUP * BLOCK];
+        let (groups, nb, gbb) = (
+            rows.div_ceil(GROUP),
+            cols / BLOCK,
+            group_block_bytes(nibbles),
+        );
+        let mut qs = vec![0u8; groups * nb * gbb];
         let mut d = vec![0f32; groups * nb * GROUP];
+        let mut m = if nibbles { d.clone() } else { Vec::new() };
+        let f16_at = |b: &[u8], at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+        let bb = w.ty.block_bytes();
         for r in 0..rows {
             let (g, lane) = (r / GROUP, r % GROUP);
-            // A Q8_0 block: f16 scale, then 32 × i8.
-            for (b, blk) in w.row_blocks(r).chunks_exact(34).enumerate() {
+            for (b, blk) in w.row_blocks(r).chunks_exact(bb).enumerate() {
                 let gb = g * nb + b;
-                d[gb * GROUP + lane] = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                for (c, &q) in blk[2..].iter().enumerate() {
-                    let (p, e) = (c / 2, c % 2);
-                    qs[((gb * 16 + p) * GROUP + lane) * 2 + e] = q as i8;
+                let at = gb * GROUP + lane;
+                d[at] = f16_at(blk, 0);
+                let dst = &mut qs[gb * gbb..(gb + 1) * gbb];
+                match w.ty {
+                    // f16 scale, then 32 × i8.
+                    QType::Q8_0 => {
+                        for (c, &q) in blk[2..].iter().enumerate() {
+                            dst[((c / 2) * GROUP + lane) * 2 + c % 2] = q;
+                        }
+                    }
+                    // f16 scale (Q4_1: then f16 minimum), then 16 bytes: element c < 16 in
+                    // the low nibble of byte c, element c + 16 in its high nibble.
+                    _ => {
+                        let (qb, off) = if w.ty == QType::Q4_1 {
+                            (&blk[4..], f16_at(blk, 2))
+                        } else {
+                            (&blk[2..], -8.0 * d[at])
+                        };
+                        m[at] = off;
+                        let nib = |c: usize| if c < 16 { qb[c] & 15 } else { qb[c - 16] >> 4 };
+                        for p in 0..16 {
+                            dst[p * GROUP + lane] = nib(2 * p) | (nib(2 * p + 1) << 4);
+                        }
+                    }
                 }
             }
         }
-        Some(PackedQ8 { rows, cols, qs, d })
+        Some(Packed {
+            rows,
+            cols,
+            nibbles,
+            qs,
+            d,
+            m,
+        })
     }
 
     pub fn bytes(&self) -> usize {
-        self.qs.len() + 4 * self.d.len()
+        self.qs.len() + 4 * (self.d.len() + self.m.len())
     }
 
     fn blocks(&self) -> usize {
@@ -82,6 +137,8 @@ pub struct Acts16 {
     pub qs: Vec<i16>,
     /// [m · k/32] block scales.
     pub d: Vec<f32>,
+    /// [m · k/32] d · Σq of each block (what a Q4 block's offset multiplies).
+    pub dsum: Vec<f32>,
 }
 
 impl Acts16 {
@@ -94,6 +151,7 @@ impl Acts16 {
             k,
             qs: vec![0; m * k],
             d: vec![0.0; m * k / BLOCK],
+            dsum: vec![0.0; m * k / BLOCK],
         };
         for (b, (xs, qs)) in x[..m * k]
             .chunks_exact(BLOCK)
@@ -103,13 +161,16 @@ impl Acts16 {
             let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let d = amax / 32767.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0i32;
             for (q, &v) in qs.iter_mut().zip(xs) {
                 // Half away from zero, inline (see `QuantActs::quantize`); the clamp keeps a
                 // rounding of id upwards from wrapping.
                 let t = v * id;
                 *q = ((t + 0.5f32.copysign(t)) as i32).clamp(-32767, 32767) as i16;
+                sum += *q as i32;
             }
             a.d[b] = d;
+            a.dsum[b] = d * sum as f32;
         }
         a
     }
@@ -125,7 +186,7 @@ impl Acts16 {
 /// VNNI CPUs).
 pub fn packed_matmul_nt(
     x: &[f32],
-    w: &PackedQ8,
+    w: &Packed,
     bias: Option<&[f32]>,
     out: &mut [f32],
     m: usize,
@@ -181,17 +242,27 @@ pub fn packed_matmul_nt(
 
 /// The reference: the same integer block sums and the same f32 steps, in scalar code.
 fn group_tile_portable(
-    w: &PackedQ8,
+    w: &Packed,
     g: usize,
     a: &Acts16,
     i0: usize,
     rows: usize,
     acc: &mut [[f32; GROUP]; TILE_M],
 ) {
-    let (nb, k) = (w.blocks(), a.k);
+    let (nb, k, gbb) = (w.blocks(), a.k, group_block_bytes(w.nibbles));
+    // Columns (2p, 2p + 1) of lane r in a group's block.
+    let pair = |wq: &[u8], p: usize, r: usize| -> (i32, i32) {
+        if w.nibbles {
+            let v = wq[p * GROUP + r];
+            ((v & 15) as i32, (v >> 4) as i32)
+        } else {
+            let at = (p * GROUP + r) * 2;
+            (wq[at] as i8 as i32, wq[at + 1] as i8 as i32)
+        }
+    };
     for b in 0..nb {
         let gb = g * nb + b;
-        let wq = &w.qs[gb * GROUP * BLOCK..(gb + 1) * GROUP * BLOCK];
+        let wq = &w.qs[gb * gbb..(gb + 1) * gbb];
         let wd = &w.d[gb * GROUP..(gb + 1) * GROUP];
         for (j, accj) in acc.iter_mut().enumerate().take(rows) {
             let i = i0 + j;
@@ -200,10 +271,13 @@ fn group_tile_portable(
             for (r, v) in accj.iter_mut().enumerate() {
                 let mut s = 0i32;
                 for p in 0..16 {
-                    let q = &wq[(p * GROUP + r) * 2..(p * GROUP + r) * 2 + 2];
-                    s += q[0] as i32 * xq[2 * p] as i32 + q[1] as i32 * xq[2 * p + 1] as i32;
+                    let (q0, q1) = pair(wq, p, r);
+                    s += q0 * xq[2 * p] as i32 + q1 * xq[2 * p + 1] as i32;
                 }
                 *v = (s as f32).mul_add(wd[r] * da, *v);
+                if w.nibbles {
+                    *v = w.m[gb * GROUP + r].mul_add(a.dsum[i * nb + b], *v);
+                }
             }
         }
     }
@@ -211,7 +285,7 @@ fn group_tile_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Acts16, PackedQ8, BLOCK, GROUP, TILE_M};
+    use super::{group_block_bytes, Acts16, Packed, BLOCK, GROUP, TILE_M};
     use std::arch::x86_64::*;
 
     /// `acc[j]` = the 16 outputs of group `g` for activation row i0 + j, j < rows.
@@ -220,7 +294,7 @@ mod avx512 {
     /// The CPU must have AVX-512 F, BW and VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn group_tile(
-        w: &PackedQ8,
+        w: &Packed,
         g: usize,
         a: &Acts16,
         i0: usize,
@@ -228,38 +302,70 @@ mod avx512 {
         acc: &mut [[f32; GROUP]; TILE_M],
     ) {
         // One instance per tile height, so the accumulator arrays live in registers.
-        match rows {
-            8 => tile::<8>(w, g, a, i0, acc),
-            7 => tile::<7>(w, g, a, i0, acc),
-            6 => tile::<6>(w, g, a, i0, acc),
-            5 => tile::<5>(w, g, a, i0, acc),
-            4 => tile::<4>(w, g, a, i0, acc),
-            3 => tile::<3>(w, g, a, i0, acc),
-            2 => tile::<2>(w, g, a, i0, acc),
-            1 => tile::<1>(w, g, a, i0, acc),
-            _ => unreachable!("tile heights are 1..=TILE_M"),
+        // One instance per tile height and weight format, so the accumulator arrays live
+        // in registers.
+        macro_rules! heights {
+            ($nib:literal) => {
+                match rows {
+                    8 => tile::<8, $nib>(w, g, a, i0, acc),
+                    7 => tile::<7, $nib>(w, g, a, i0, acc),
+                    6 => tile::<6, $nib>(w, g, a, i0, acc),
+                    5 => tile::<5, $nib>(w, g, a, i0, acc),
+                    4 => tile::<4, $nib>(w, g, a, i0, acc),
+                    3 => tile::<3, $nib>(w, g, a, i0, acc),
+                    2 => tile::<2, $nib>(w, g, a, i0, acc),
+                    1 => tile::<1, $nib>(w, g, a, i0, acc),
+                    _ => unreachable!("tile heights are 1..=TILE_M"),
+                }
+            };
         }
+        if w.nibbles {
+            heights!(true)
+        } else {
+            heights!(false)
+        }
+    }
+
+    /// The `bytes`-long pair vector number `at` of a group's blocks.
+    #[inline(always)]
+    fn wb_ptr(wq: *const u8, at: usize, bytes: usize) -> *const u8 {
+        wq.wrapping_add(at * bytes)
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
-    unsafe fn tile<const R: usize>(
-        w: &PackedQ8,
+    unsafe fn tile<const R: usize, const NIB: bool>(
+        w: &Packed,
         g: usize,
         a: &Acts16,
         i0: usize,
         acc: &mut [[f32; GROUP]; TILE_M],
     ) {
-        let (nb, k) = (w.blocks(), a.k);
+        let (nb, k, gbb) = (w.blocks(), a.k, group_block_bytes(NIB));
         assert!(
-            (g + 1) * nb * GROUP * BLOCK <= w.qs.len()
+            NIB == w.nibbles
+                && (g + 1) * nb * gbb <= w.qs.len()
                 && (g + 1) * nb * GROUP <= w.d.len()
+                && (!NIB || (g + 1) * nb * GROUP <= w.m.len())
                 && (i0 + R) * k <= a.qs.len()
                 && (i0 + R) * nb <= a.d.len(),
             "packed tile out of range"
         );
-        let wq = w.qs.as_ptr().add(g * nb * GROUP * BLOCK);
+        let wq = w.qs.as_ptr().add(g * nb * gbb);
         let wd = w.d.as_ptr().add(g * nb * GROUP);
+        let wm = w.m.as_ptr().add(if NIB { g * nb * GROUP } else { 0 });
+        let xs = a.dsum.as_ptr().add(i0 * nb);
+        // Lane r of a Q4 pair: byte r = lo | hi << 4 widened to a dword, then lo in the low
+        // 16 bits and hi in the high 16: (v | v << 12) & 0x000F000F.
+        let nib_mask = _mm512_set1_epi32(0x000F_000F);
+        let load_pair = |at: usize| -> __m512i {
+            if NIB {
+                let v = _mm512_cvtepu8_epi32(_mm_loadu_si128(wb_ptr(wq, at, 16) as *const _));
+                _mm512_and_si512(_mm512_or_si512(v, _mm512_slli_epi32(v, 12)), nib_mask)
+            } else {
+                _mm512_cvtepi8_epi16(_mm256_loadu_si256(wb_ptr(wq, at, 32) as *const _))
+            }
+        };
         let xq = a.qs.as_ptr().add(i0 * k);
         let xd = a.d.as_ptr().add(i0 * nb);
         // Two i32 sums per row (even and odd column pairs): each `vpdpwssd` chain is 8 long
@@ -268,11 +374,9 @@ mod avx512 {
         let mut f = [_mm512_setzero_ps(); R];
         for b in 0..nb {
             let (mut s0, mut s1) = ([_mm512_setzero_si512(); R], [_mm512_setzero_si512(); R]);
-            let wb = wq.add(b * GROUP * BLOCK);
             for p in (0..16).step_by(2) {
                 // SAFETY (all loads): inside the ranges asserted above.
-                let w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(wb.add(p * 32) as *const _));
-                let w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(wb.add(p * 32 + 32) as *const _));
+                let (w0, w1) = (load_pair(b * 16 + p), load_pair(b * 16 + p + 1));
                 for j in 0..R {
                     // Columns (b·32 + 2p, +1) of activation row i0 + j as one i32, then the
                     // next pair.
@@ -290,6 +394,10 @@ mod avx512 {
                 let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*xd.add(j * nb + b)));
                 let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j]));
                 f[j] = _mm512_fmadd_ps(sum, scale, f[j]);
+                if NIB {
+                    let off = _mm512_loadu_ps(wm.add(b * GROUP));
+                    f[j] = _mm512_fmadd_ps(off, _mm512_set1_ps(*xs.add(j * nb + b)), f[j]);
+                }
             }
         }
         for (j, fj) in f.iter().enumerate() {
