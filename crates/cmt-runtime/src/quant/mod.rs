@@ -240,6 +240,11 @@ impl QuantMatrix {
             return false;
         }
         self.packed = packed::Packed::new(self).map(Arc::new);
+        if self.packed.is_some() {
+            // Only the row kernels read these tables, and a packed matrix never reaches them.
+            self.scales = Vec::new();
+            self.mins = Vec::new();
+        }
         #[cfg(unix)]
         if let (Some(_), Blocks::Mapped(map, range)) = (&self.packed, &self.data) {
             // Packing read every page of the blocks; from now on only embedding lookups read
@@ -269,9 +274,14 @@ impl QuantMatrix {
         &self.data.as_slice()[r * rb..(r + 1) * rb]
     }
 
-    /// Row `r` with its scale (and minimum) tables.
+    /// Row `r` with its scale (and minimum) tables, for the row kernels (not for a packed
+    /// matrix: packing drops the tables; its matmuls read the packed copy).
     #[inline]
     pub fn row(&self, r: usize) -> WeightRow<'_> {
+        assert!(
+            self.packed.is_none(),
+            "row kernels called on a packed matrix"
+        );
         let nb = self.cols / BLOCK;
         let tb = if self.ty.is_k() { 0 } else { nb };
         WeightRow {
