@@ -210,3 +210,58 @@ fn bench_reports_prefill_and_decode_rates() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("new token"), "{err}");
 }
+
+/// `--weights native` (the default of the inference commands) keeps the GGUF's blocks with
+/// the same weight values as f32 and 16-bit activations: on the committed checkpoint it
+/// must give the f32 path's answers (the whole first 20 dev paragraphs agreed, 94 of 94;
+/// docs/perf.md). Three paragraphs here.
+#[test]
+fn eval_on_native_weights_gives_the_f32_paths_answers() {
+    let Some(model) = model_path() else {
+        return;
+    };
+    let dev = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/squad/dev.json");
+    if !dev.exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI: ../shared is absent");
+        eprintln!("SKIPPED: ../shared is absent");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |weights: &str| -> Vec<(String, String)> {
+        let out_dir = dir.path().join(weights);
+        let out = cmt()
+            .args([
+                "eval",
+                "--method",
+                "cmt",
+                "--limit-docs",
+                "3",
+                "--weights",
+                weights,
+            ])
+            .arg("--data")
+            .arg(&dev)
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "eval --weights {weights}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(out_dir.join("predictions.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["id"].to_string(), v["prediction"].to_string())
+            })
+            .collect()
+    };
+    let (native, f32) = (run("native"), run("f32"));
+    assert!(native.len() >= 10, "{} questions", native.len());
+    assert_eq!(native, f32);
+}

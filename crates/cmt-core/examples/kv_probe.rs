@@ -14,6 +14,10 @@
 //! - `sinkmean`: the first token alone, then p − 1 averaged chunks of the rest;
 //! - `stride-keep`: `stride`'s tokens at their own positions (keys not moved), the question
 //!   continuing at position n as after the whole document (`Session::set_position_offset`).
+//! - `tail`, `tail-keep`: the last p tokens, moved to 0..p or kept at their own positions;
+//! - `suffix`, `suffix-keep`: the document followed by a fixed text (the environment
+//!   variable `CMT_PROBE_SUFFIX`, default below), the prefix the suffix's rows only: rows
+//!   that have attended to the whole document through θ's own layers (P is ignored).
 //!
 //! A `p` written `/r` means n / r slots for a document of n tokens.
 //!
@@ -31,6 +35,9 @@ use std::path::Path;
 
 /// Longest document prefix θ is run over (the rest is cut).
 const MAX_DOC_TOKENS: usize = 400;
+
+/// The text `suffix` rules append to every document.
+const DEFAULT_SUFFIX: &str = "\n\nIn short, the key facts of this text are:";
 
 /// Slot j of the result is the mean (or, with one member, the copy) of the tokens in
 /// `groups[j]`, its key moved to rotary position j.
@@ -132,6 +139,7 @@ fn groups(rule: &str, n: usize, p: usize) -> Result<Vec<Vec<usize>>> {
     };
     Ok(match rule {
         "head" => (0..p).map(|t| vec![t]).collect(),
+        "tail" | "tail-keep" | "suffix" | "suffix-keep" => (n - p..n).map(|t| vec![t]).collect(),
         "stride" | "stride-keep" => (0..p)
             .map(|j| vec![(j * (n - 1) + (p - 1) / 2) / (p - 1)])
             .collect(),
@@ -141,7 +149,8 @@ fn groups(rule: &str, n: usize, p: usize) -> Result<Vec<Vec<usize>>> {
             .collect(),
         other => {
             return Err(Error::Invalid(format!(
-                "unknown rule \"{other}\" (full, head, stride, stride-keep, mean or sinkmean)"
+                "unknown rule \"{other}\" (full, head, stride, stride-keep, tail, tail-keep, \
+                 suffix, suffix-keep, mean or sinkmean)"
             )))
         }
     })
@@ -175,19 +184,29 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut prefixes = Vec::new();
     // Per document: how far past its prefix length the question's positions start.
     let mut offsets = Vec::new();
+    let suffix_text =
+        std::env::var("CMT_PROBE_SUFFIX").unwrap_or_else(|_| DEFAULT_SUFFIX.to_string());
+    let suffix = lm.tok.encode(&suffix_text, false)?;
     for d in &ds.documents {
         let mut ids = lm.tok.encode(&d.text, false)?;
         ids.truncate(MAX_DOC_TOKENS);
+        if rule.starts_with("suffix") {
+            ids.extend_from_slice(&suffix);
+        }
         let mut sess = lm.model.session(1, ids.len().max(1))?;
         let input = [SeqInput::tokens(0, &ids)];
         lm.model.forward(&mut sess, &input, Logits::None, None)?;
         let kv = sess.read_kv(cfg, &lm.model.backend, 0)?;
-        let p = slots(spec, kv.len)?;
         let n = kv.len;
+        let p = if rule.starts_with("suffix") {
+            suffix.len()
+        } else {
+            slots(spec, kv.len)?
+        };
         if rule == "full" || p >= n {
             offsets.push(0);
             prefixes.push(kv);
-        } else if rule == "stride-keep" {
+        } else if rule.ends_with("-keep") {
             offsets.push(n - p);
             prefixes.push(keep(&kv, cfg, &groups(rule, n, p)?));
         } else {

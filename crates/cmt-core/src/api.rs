@@ -12,6 +12,7 @@ use crate::model::{BaseLm, CmtModel};
 use crate::params::CmtParams;
 use crate::template::chat_template_of;
 use cmt_memory::Bank;
+use cmt_runtime::WeightFormat;
 use std::path::{Path, PathBuf};
 
 /// Where the trained default checkpoint for the default model lives in the repository.
@@ -79,18 +80,24 @@ pub struct Cmt {
 }
 
 impl Cmt {
-    /// Loads θ from `model_path` and the checkpoint at `checkpoint` (refused when it was
-    /// made for another model).
+    /// Loads θ from `model_path` (f32 matrices) and the checkpoint at `checkpoint` (refused
+    /// when it was made for another model).
     pub fn open(model_path: &Path, checkpoint: &Path) -> Result<Cmt> {
-        let base = BaseLm::load(model_path)?;
+        Self::open_as(model_path, checkpoint, WeightFormat::F32)
+    }
+
+    /// As [`Cmt::open`], θ's matrices held as `weights` says (`Native`: a GGUF's quantised
+    /// blocks, the same weight values as f32 with activations rounded to 16 bits).
+    pub fn open_as(model_path: &Path, checkpoint: &Path, weights: WeightFormat) -> Result<Cmt> {
+        let base = BaseLm::load_as(model_path, weights)?;
         let ckpt = checkpoint::load(checkpoint)?;
         Ok(Cmt {
             model: CmtModel::new(base, ckpt)?,
         })
     }
 
-    /// As [`Cmt::open`] with the default checkpoint; an error says so when there is none.
-    pub fn open_default_checkpoint(model_path: &Path) -> Result<Cmt> {
+    /// As [`Cmt::open_as`] with the default checkpoint; an error says so when there is none.
+    pub fn open_default_checkpoint(model_path: &Path, weights: WeightFormat) -> Result<Cmt> {
         let ckpt = default_checkpoint_path().ok_or_else(|| {
             Error::Invalid(format!(
                 "no default checkpoint yet ({DEFAULT_CHECKPOINT} is absent and CMT_CHECKPOINT \
@@ -98,7 +105,7 @@ impl Cmt {
                  init --out FILE`"
             ))
         })?;
-        Self::open(model_path, &ckpt)
+        Self::open_as(model_path, &ckpt, weights)
     }
 
     /// Opens (or creates) the bank at `dir` as its writer.

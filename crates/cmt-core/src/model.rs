@@ -12,7 +12,7 @@ use crate::template::Template;
 use cmt_compress::encode::{Chunking, EncodeOptions, Encoder, Progress};
 use cmt_compress::Compressed;
 use cmt_memory::TopK;
-use cmt_runtime::{CpuBackend, GenerateOptions, KvPrefix, Model, Tokenizer};
+use cmt_runtime::{CpuBackend, GenerateOptions, KvPrefix, Model, Tokenizer, WeightFormat};
 use std::path::{Path, PathBuf};
 
 /// Decoding of every method (DESIGN §1.9): greedy, at most this many new tokens, stop at
@@ -32,10 +32,17 @@ pub struct BaseLm {
 }
 
 impl BaseLm {
-    /// Loads θ from a GGUF file or an HF directory and hashes it.
+    /// Loads θ from a GGUF file or an HF directory with f32 matrices (what training's
+    /// backward reads) and hashes it.
     pub fn load(path: &Path) -> Result<BaseLm> {
+        Self::load_as(path, WeightFormat::F32)
+    }
+
+    /// As [`BaseLm::load`], the matrices held as `weights` says (inference: `Native` keeps
+    /// a GGUF's quantised blocks; the backward refuses anything but f32).
+    pub fn load_as(path: &Path, weights: WeightFormat) -> Result<BaseLm> {
         let sha256 = model_sha256(path)?;
-        let (model, tok) = cmt_runtime::load_model(path, CpuBackend)?;
+        let (model, tok) = cmt_runtime::load_model_as(path, CpuBackend, weights)?;
         Ok(BaseLm {
             model,
             tok,
