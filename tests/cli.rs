@@ -70,9 +70,11 @@ fn score_prints_the_mean_cross_entropy() {
     let text = "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in France. \
                 They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, under their leader Rollo, \
                 agreed to swear fealty to King Charles III of West Francia.";
-    // Both weight formats: scoring is one prefill step, which the native path runs on
-    // exactly dequantised tiles, so both meet the f32 tolerance.
-    for weights in ["f32", "native"] {
+    // f32 meets HF to 1e-4. Native keeps the same weight values but rounds activations to
+    // 16 bits on AVX-512 VNNI CPUs (the packed kernel; measured 1.2e-4 from HF's loss here,
+    // the issue's bound for native being 1%), elsewhere it runs prefill on exactly
+    // dequantised tiles: 5e-4 covers both.
+    for (weights, tol) in [("f32", 1e-4), ("native", 5e-4)] {
         let out = cmt()
             .args(["score", "--weights", weights, "--model"])
             .arg(&model)
@@ -90,7 +92,7 @@ fn score_prints_the_mean_cross_entropy() {
             .parse()
             .unwrap_or_else(|_| panic!("not a bare number: {s:?}"));
         assert!(
-            (loss - 2.755764).abs() < 1e-4,
+            (loss - 2.755764).abs() < tol,
             "--weights {weights}: {loss}"
         );
     }
