@@ -50,7 +50,7 @@ fn random_matrix(ty: QType, rows: usize, cols: usize, seed: u64) -> QuantMatrix 
         } else {
             put(0, 0.05 * r.unit());
         }
-        if ty == QType::Q4_1 || ty == QType::Q4K || ty == QType::Q5K {
+        if ty == QType::Q4_1 || ty == QType::Q5_1 || ty == QType::Q4K || ty == QType::Q5K {
             put(2, 0.2 * r.unit());
         }
         data.extend(b);
@@ -385,7 +385,10 @@ mod k_quants {
         for t in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
             assert_eq!(QType::from_ggml(t).is_some(), fast, "{t:?}");
         }
-        assert_eq!(QType::from_ggml(GgmlType::Q5_0), None, "no kernel for Q5_0");
+        // Float types are never kept as blocks (bf16 has its own --weights format).
+        for t in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+            assert_eq!(QType::from_ggml_any_cpu(t), None, "{t:?}");
+        }
     }
 
     proptest! {
@@ -409,13 +412,22 @@ mod k_quants {
     }
 }
 
-/// Q8_0, Q4_0 and Q4_1 repacked in 16-row groups with 16-bit activations (`quant::packed`,
+/// Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 repacked in 16-row groups with 16-bit activations (`quant::packed`,
 /// every matmul of those types on AVX-512 VNNI). Its bound: per block b the activation scale is
 /// d_b = max|x|/32767, so the rounding error is Σ_b (d_b/2)·Σ_{i∈b} |w_i|, plus f32
 /// rounding as above.
 mod packed {
     use super::*;
+    use cmt_runtime::gguf::GgmlType;
     use cmt_runtime::quant::packed::{packed_matmul_nt, Acts16, Packed};
+
+    const PACKED: [QType; 5] = [
+        QType::Q8_0,
+        QType::Q4_0,
+        QType::Q4_1,
+        QType::Q5_0,
+        QType::Q5_1,
+    ];
 
     fn levels() -> Vec<DotKernel> {
         [SimdLevel::Portable, SimdLevel::Avx512Vnni]
@@ -475,9 +487,9 @@ mod packed {
         /// odd block counts.
         #[test]
         fn packed_matmul_matches_the_dequantised_reference(
-            t in 0usize..3, m in 1usize..30, n in 1usize..90, nb in 1usize..8, seed in 1u64..u64::MAX,
+            t in 0usize..5, m in 1usize..30, n in 1usize..90, nb in 1usize..8, seed in 1u64..u64::MAX,
         ) {
-            check(TYPES[t], m, n, nb, seed);
+            check(PACKED[t], m, n, nb, seed);
         }
     }
 
@@ -511,8 +523,14 @@ mod packed {
         let mut w = random_matrix(QType::Q8_0, n, k, 7);
         let vnni = DotKernel::new(SimdLevel::Avx512Vnni).is_some();
         assert_eq!(w.pack(), vnni);
-        for ty in [QType::Q4_0, QType::Q4_1] {
+        for ty in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1] {
             assert_eq!(random_matrix(ty, n, k, 7).pack(), vnni, "{ty:?}");
+        }
+        // Q5_0/Q5_1 have only this kernel: a file's Q5 tensors stay quantised only on VNNI
+        // CPUs (elsewhere they load as f32).
+        for (g, q) in [(GgmlType::Q5_0, QType::Q5_0), (GgmlType::Q5_1, QType::Q5_1)] {
+            assert_eq!(QType::from_ggml(g), vnni.then_some(q));
+            assert_eq!(QType::from_ggml_any_cpu(g), Some(q));
         }
         let mut k_quant = random_matrix(QType::Q4K, n, 256, 7);
         assert!(!k_quant.pack(), "the k-quants have no packed layout");

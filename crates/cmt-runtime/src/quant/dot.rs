@@ -90,6 +90,11 @@ impl DotKernel {
     #[inline]
     pub fn dot_planes(self, w: &WeightRow, a: &ActRow, r: Option<&ActRow>) -> f32 {
         let nb = a.qs.len() / BLOCK;
+        assert!(
+            !w.ty.packed_only(),
+            "{:?} has no row kernel (the loader keeps it only with a packed copy)",
+            w.ty
+        );
         if w.ty.is_k() {
             return self.dot_k(w, a, r, nb);
         }
@@ -187,6 +192,7 @@ pub(crate) fn portable(
                 acc += dw * d[b] * s as f32;
             }
             QType::Q4K | QType::Q5K | QType::Q6K => unreachable!("k-quants go through dot_k"),
+            QType::Q5_0 | QType::Q5_1 => unreachable!("Q5_0/Q5_1 have no row kernel"),
             QType::Q4_0 | QType::Q4_1 => {
                 let off = if ty == QType::Q4_0 { 2 } else { 4 };
                 let mut s = 0i32;
@@ -345,7 +351,7 @@ mod x86 {
             };
             // The side terms are linear in d·Σq, so both planes' add before one FMA.
             match ty {
-                QType::Q8_0 | QType::Q4K | QType::Q5K | QType::Q6K => {}
+                QType::Q8_0 | QType::Q4K | QType::Q5K | QType::Q6K | QType::Q5_0 | QType::Q5_1 => {}
                 QType::Q4_0 => {
                     side = _mm512_fmadd_ps(dw, _mm512_mul_ps(dsum, _mm512_set1_ps(-8.0)), side)
                 }

@@ -32,6 +32,11 @@ pub enum QType {
     Q4_0,
     /// f16 scale d, f16 minimum m, 16 bytes of nibbles: x = d·q + m.
     Q4_1,
+    /// f16 scale d, 32 fifth bits, 16 bytes of nibbles: x = d·(q − 16). Packed kernel only.
+    Q5_0,
+    /// f16 scale d, f16 minimum m, 32 fifth bits, 16 bytes of nibbles: x = d·q + m. Packed
+    /// kernel only.
+    Q5_1,
     /// 256-element super-blocks, 8 sub-blocks with 6-bit scales/minimums ([`kquant`]).
     Q4K,
     /// Q4K plus a fifth bit per element.
@@ -41,11 +46,17 @@ pub enum QType {
 }
 
 impl QType {
-    /// The kept type of a GGUF type on this CPU. The k-quants have an AVX-512 kernel only:
-    /// elsewhere the portable one would be slower than the f32 path, so they load as f32.
+    /// The kept type of a GGUF type on this CPU. The k-quants have an AVX-512 kernel only
+    /// (elsewhere the portable one would be slower than the f32 path) and Q5_0/Q5_1 only the
+    /// packed AVX-512 VNNI kernel, so without VNNI they load as f32.
     pub fn from_ggml(t: GgmlType) -> Option<QType> {
         let fast = dot::DotKernel::best().level() == dot::SimdLevel::Avx512Vnni;
-        Self::from_ggml_any_cpu(t).filter(|q| fast || !q.is_k())
+        Self::from_ggml_any_cpu(t).filter(|q| fast || !(q.is_k() || q.packed_only()))
+    }
+
+    /// Whether only the packed kernel reads this type (no row kernel).
+    pub fn packed_only(self) -> bool {
+        matches!(self, QType::Q5_0 | QType::Q5_1)
     }
 
     /// The kept type of a GGUF type, whatever this CPU runs (tests of the portable kernels).
@@ -54,6 +65,8 @@ impl QType {
             GgmlType::Q8_0 => Some(QType::Q8_0),
             GgmlType::Q4_0 => Some(QType::Q4_0),
             GgmlType::Q4_1 => Some(QType::Q4_1),
+            GgmlType::Q5_0 => Some(QType::Q5_0),
+            GgmlType::Q5_1 => Some(QType::Q5_1),
             GgmlType::Q4K => Some(QType::Q4K),
             GgmlType::Q5K => Some(QType::Q5K),
             GgmlType::Q6K => Some(QType::Q6K),
@@ -79,6 +92,8 @@ impl QType {
             QType::Q8_0 => GgmlType::Q8_0,
             QType::Q4_0 => GgmlType::Q4_0,
             QType::Q4_1 => GgmlType::Q4_1,
+            QType::Q5_0 => GgmlType::Q5_0,
+            QType::Q5_1 => GgmlType::Q5_1,
             QType::Q4K => GgmlType::Q4K,
             QType::Q5K => GgmlType::Q5K,
             QType::Q6K => GgmlType::Q6K,

@@ -1,4 +1,4 @@
-//! Q8_0, Q4_0 and Q4_1 weights repacked 16 rows at a time for an int16 × int8 matmul
+//! Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 weights repacked 16 rows at a time for an int16 × int8 matmul
 //! (AVX-512 VNNI `vpdpwssd`), every m.
 //!
 //! The row-layout kernels of [`super::dot`] dot one weight row with one activation row, so
@@ -15,7 +15,9 @@
 //! Q4_0/Q4_1 keep their nibbles (16 bytes per pair of columns of 16 rows: byte r holds
 //! column 2p of row r in its low nibble, 2p + 1 in its high one), widened in registers to
 //! the same 16-bit pairs; their offset enters per block as m_r · d_a·Σq_a (Q4_1's minimum m;
-//! Q4_0's x = d·(q − 8) is m = −8d), so every type shares one kernel.
+//! Q4_0's x = d·(q − 8) is m = −8d), so every type shares one kernel. Q5_0 and Q5_1 are
+//! stored as bytes like Q8_0 (Q5_0 as q − 16, Q5_1 as q with its minimum as the offset):
+//! one byte per weight against the file's 0.69–0.75, for a kernel that exists.
 //!
 //! Activations are quantised per 32-element block to **16 bits** (d = max|x| / 32767,
 //! error ≤ d/2 per element): the accuracy of the row kernels' two 8-bit planes
@@ -41,16 +43,16 @@ const GROUPS_PER_TASK: usize = 4;
 pub struct Packed {
     pub rows: usize,
     pub cols: usize,
-    /// Nibbles (Q4_0/Q4_1) rather than bytes (Q8_0).
+    /// Nibbles (Q4_0/Q4_1) rather than bytes (Q8_0, Q5_0, Q5_1).
     nibbles: bool,
-    /// Q8_0: [groups][blocks][16 pairs][16 rows][2] i8. Q4: [groups][blocks][16 pairs][16
-    /// rows] bytes of two nibbles.
+    /// Bytes: [groups][blocks][16 pairs][16 rows][2] i8. Nibbles: [groups][blocks][16
+    /// pairs][16 rows] bytes of two nibbles.
     qs: Vec<u8>,
     /// [groups][blocks][16 rows] weight scales (f16, as in the file: 16 convert in one
     /// instruction).
     d: Vec<f16>,
-    /// [groups][blocks][16 rows] offsets m (Q4 only; x = d·q + m; Q4_0's −8d is exact in
-    /// f16 whenever d is).
+    /// [groups][blocks][16 rows] offsets m (Q4_0, Q4_1, Q5_1; x = d·q + m; Q4_0's −8d is
+    /// exact in f16 whenever d is); empty for the types without one.
     m: Vec<f16>,
 }
 
@@ -64,11 +66,12 @@ fn group_block_bytes(nibbles: bool) -> usize {
 }
 
 impl Packed {
-    /// Repacks a Q8_0, Q4_0 or Q4_1 matrix (None for other types).
+    /// Repacks a Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 matrix (None for other types).
     pub fn new(w: &QuantMatrix) -> Option<Packed> {
-        let nibbles = match w.ty {
-            QType::Q8_0 => false,
-            QType::Q4_0 | QType::Q4_1 => true,
+        let (nibbles, offset) = match w.ty {
+            QType::Q8_0 | QType::Q5_0 => (false, false),
+            QType::Q5_1 => (false, true),
+            QType::Q4_0 | QType::Q4_1 => (true, true),
             _ => return None,
         };
         let (rows, cols) = (w.rows, w.cols);
@@ -79,7 +82,7 @@ impl Packed {
         );
         let mut qs = vec![0u8; groups * nb * gbb];
         let mut d = vec![f16::ZERO; groups * nb * GROUP];
-        let mut m = if nibbles { d.clone() } else { Vec::new() };
+        let mut m = if offset { d.clone() } else { Vec::new() };
         let f16_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
         let bb = w.ty.block_bytes();
         for r in 0..rows {
@@ -89,11 +92,31 @@ impl Packed {
                 let at = gb * GROUP + lane;
                 d[at] = f16_at(blk, 0);
                 let dst = &mut qs[gb * gbb..(gb + 1) * gbb];
+                let mut put_byte =
+                    |c: usize, q: i8| dst[((c / 2) * GROUP + lane) * 2 + c % 2] = q as u8;
                 match w.ty {
                     // f16 scale, then 32 × i8.
                     QType::Q8_0 => {
                         for (c, &q) in blk[2..].iter().enumerate() {
-                            dst[((c / 2) * GROUP + lane) * 2 + c % 2] = q;
+                            put_byte(c, q as i8);
+                        }
+                    }
+                    // f16 scale (Q5_1: then f16 minimum), 32 fifth bits (bit c: element c),
+                    // 16 bytes of low nibbles laid out as Q4's.
+                    QType::Q5_0 | QType::Q5_1 => {
+                        let o = if w.ty == QType::Q5_1 { 4 } else { 2 };
+                        let qh = u32::from_le_bytes([blk[o], blk[o + 1], blk[o + 2], blk[o + 3]]);
+                        let qb = &blk[o + 4..o + 20];
+                        let bias = if w.ty == QType::Q5_1 {
+                            m[at] = f16_at(blk, 2);
+                            0
+                        } else {
+                            16
+                        };
+                        for c in 0..BLOCK {
+                            let low = if c < 16 { qb[c] & 15 } else { qb[c - 16] >> 4 };
+                            let q = low | (((qh >> c) & 1) as u8) << 4;
+                            put_byte(c, (q as i32 - bias) as i8);
                         }
                     }
                     // f16 scale (Q4_1: then f16 minimum), then 16 bytes: element c < 16 in
@@ -254,6 +277,7 @@ fn group_tile_portable(
 ) {
     let (nb, k, gbb) = (w.blocks(), a.k, group_block_bytes(w.nibbles));
     // Columns (2p, 2p + 1) of lane r in a group's block.
+    let offset = !w.m.is_empty();
     let pair = |wq: &[u8], p: usize, r: usize| -> (i32, i32) {
         if w.nibbles {
             let v = wq[p * GROUP + r];
@@ -278,7 +302,7 @@ fn group_tile_portable(
                     s += q0 * xq[2 * p] as i32 + q1 * xq[2 * p + 1] as i32;
                 }
                 *v = (s as f32).mul_add(wd[r].to_f32() * da, *v);
-                if w.nibbles {
+                if offset {
                     *v = w.m[gb * GROUP + r].to_f32().mul_add(a.dsum[i * nb + b], *v);
                 }
             }
@@ -308,24 +332,25 @@ mod avx512 {
         // One instance per tile height and weight format, so the accumulator arrays live
         // in registers.
         macro_rules! heights {
-            ($nib:literal) => {
+            ($nib:literal, $off:literal) => {
                 match rows {
-                    8 => tile::<8, $nib>(w, g, a, i0, acc),
-                    7 => tile::<7, $nib>(w, g, a, i0, acc),
-                    6 => tile::<6, $nib>(w, g, a, i0, acc),
-                    5 => tile::<5, $nib>(w, g, a, i0, acc),
-                    4 => tile::<4, $nib>(w, g, a, i0, acc),
-                    3 => tile::<3, $nib>(w, g, a, i0, acc),
-                    2 => tile::<2, $nib>(w, g, a, i0, acc),
-                    1 => tile::<1, $nib>(w, g, a, i0, acc),
+                    8 => tile::<8, $nib, $off>(w, g, a, i0, acc),
+                    7 => tile::<7, $nib, $off>(w, g, a, i0, acc),
+                    6 => tile::<6, $nib, $off>(w, g, a, i0, acc),
+                    5 => tile::<5, $nib, $off>(w, g, a, i0, acc),
+                    4 => tile::<4, $nib, $off>(w, g, a, i0, acc),
+                    3 => tile::<3, $nib, $off>(w, g, a, i0, acc),
+                    2 => tile::<2, $nib, $off>(w, g, a, i0, acc),
+                    1 => tile::<1, $nib, $off>(w, g, a, i0, acc),
                     _ => unreachable!("tile heights are 1..=TILE_M"),
                 }
             };
         }
-        if w.nibbles {
-            heights!(true)
-        } else {
-            heights!(false)
+        match (w.nibbles, !w.m.is_empty()) {
+            (false, false) => heights!(false, false),
+            (false, true) => heights!(false, true),
+            (true, true) => heights!(true, true),
+            (true, false) => unreachable!("every nibble type has an offset"),
         }
     }
 
@@ -337,7 +362,7 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
-    unsafe fn tile<const R: usize, const NIB: bool>(
+    unsafe fn tile<const R: usize, const NIB: bool, const OFF: bool>(
         w: &Packed,
         g: usize,
         a: &Acts16,
@@ -347,16 +372,17 @@ mod avx512 {
         let (nb, k, gbb) = (w.blocks(), a.k, group_block_bytes(NIB));
         assert!(
             NIB == w.nibbles
+                && OFF == !w.m.is_empty()
                 && (g + 1) * nb * gbb <= w.qs.len()
                 && (g + 1) * nb * GROUP <= w.d.len()
-                && (!NIB || (g + 1) * nb * GROUP <= w.m.len())
+                && (!OFF || (g + 1) * nb * GROUP <= w.m.len())
                 && (i0 + R) * k <= a.qs.len()
                 && (i0 + R) * nb <= a.d.len(),
             "packed tile out of range"
         );
         let wq = w.qs.as_ptr().add(g * nb * gbb);
         let wd = w.d.as_ptr().add(g * nb * GROUP);
-        let wm = w.m.as_ptr().add(if NIB { g * nb * GROUP } else { 0 });
+        let wm = w.m.as_ptr().add(if OFF { g * nb * GROUP } else { 0 });
         let xs = a.dsum.as_ptr().add(i0 * nb);
         // Lane r of a Q4 pair: byte r = lo | hi << 4 widened to a dword, then lo in the low
         // 16 bits and hi in the high 16: (v | v << 12) & 0x000F000F.
@@ -397,7 +423,7 @@ mod avx512 {
                 let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*xd.add(j * nb + b)));
                 let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j]));
                 f[j] = _mm512_fmadd_ps(sum, scale, f[j]);
-                if NIB {
+                if OFF {
                     let off = _mm512_cvtph_ps(_mm256_loadu_si256(wm.add(b * GROUP) as *const _));
                     f[j] = _mm512_fmadd_ps(off, _mm512_set1_ps(*xs.add(j * nb + b)), f[j]);
                 }
