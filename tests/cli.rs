@@ -91,10 +91,7 @@ fn score_prints_the_mean_cross_entropy() {
             .trim()
             .parse()
             .unwrap_or_else(|_| panic!("not a bare number: {s:?}"));
-        assert!(
-            (loss - 2.755764).abs() < tol,
-            "--weights {weights}: {loss}"
-        );
+        assert!((loss - 2.755764).abs() < tol, "--weights {weights}: {loss}");
     }
 }
 

@@ -370,9 +370,10 @@ mod avx512 {
         acc: &mut [[f32; GROUP]; TILE_M],
     ) {
         let (nb, k, gbb) = (w.blocks(), a.k, group_block_bytes(NIB));
+        let has_offset = !w.m.is_empty();
         assert!(
             NIB == w.nibbles
-                && OFF == !w.m.is_empty()
+                && OFF == has_offset
                 && (g + 1) * nb * gbb <= w.qs.len()
                 && (g + 1) * nb * GROUP <= w.d.len()
                 && (!OFF || (g + 1) * nb * GROUP <= w.m.len())
