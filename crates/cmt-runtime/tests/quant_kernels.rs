@@ -436,6 +436,7 @@ mod packed {
             .collect()
     }
 
+    /// `nb` 32-element blocks a row (a multiple of 8 for the k-quants).
     fn check(ty: QType, m: usize, n: usize, nb: usize, seed: u64) {
         let k = nb * BLOCK;
         let w = random_matrix(ty, n, k, seed);
@@ -491,6 +492,15 @@ mod packed {
         ) {
             check(PACKED[t], m, n, nb, seed);
         }
+
+        /// Q4_K and Q5_K through the same kernel: 256-element super-blocks of 8 sub-blocks,
+        /// each its own scale and offset.
+        #[test]
+        fn packed_k_quants_match_the_dequantised_reference(
+            t in 0usize..2, m in 1usize..20, n in 1usize..40, sb in 1usize..4, seed in 1u64..u64::MAX,
+        ) {
+            check([QType::Q4K, QType::Q5K][t], m, n, 8 * sb, seed);
+        }
     }
 
     #[test]
@@ -532,8 +542,10 @@ mod packed {
             assert_eq!(QType::from_ggml(g), vnni.then_some(q));
             assert_eq!(QType::from_ggml_any_cpu(g), Some(q));
         }
-        let mut k_quant = random_matrix(QType::Q4K, n, 256, 7);
-        assert!(!k_quant.pack(), "the k-quants have no packed layout");
+        assert_eq!(random_matrix(QType::Q4K, n, 256, 7).pack(), vnni, "Q4_K");
+        assert_eq!(random_matrix(QType::Q5K, n, 256, 7).pack(), vnni, "Q5_K");
+        let mut q6 = random_matrix(QType::Q6K, n, 256, 7);
+        assert!(!q6.pack(), "Q6_K has no packed layout");
         if let Some(kernel) = DotKernel::new(SimdLevel::Avx512Vnni) {
             let x = random_acts(m * k, 8);
             let (mut via_dispatch, mut direct) = (vec![0.0; m * n], vec![0.0; m * n]);

@@ -126,7 +126,7 @@ pub struct QuantMatrix {
     /// Activation planes the int8 matmul quantises x into for this matrix (1 or 2; see
     /// [`acts::QuantActs::quantize_planes`]).
     pub act_planes: usize,
-    /// Q8_0/Q4_0/Q4_1 on AVX-512 VNNI CPUs: the rows again in [`packed`]'s 16-row groups, which every
+    /// Every kept type but Q6_K, on AVX-512 VNNI CPUs: the rows again in [`packed`]'s 16-row groups, which every
     /// matmul of this matrix then reads instead of the blocks (set by [`QuantMatrix::pack`]).
     pub packed: Option<Arc<packed::Packed>>,
 }
@@ -249,7 +249,7 @@ impl QuantMatrix {
     }
 
     /// Adds the packed copy the 16-bit-activation kernel reads, where this CPU runs it and
-    /// the type has one (Q8_0, Q4_0, Q4_1); returns whether it did.
+    /// the type has one (all but Q6_K); returns whether it did.
     pub fn pack(&mut self) -> bool {
         if dot::DotKernel::best().level() != dot::SimdLevel::Avx512Vnni {
             return false;
@@ -259,6 +259,7 @@ impl QuantMatrix {
             // Only the row kernels read these tables, and a packed matrix never reaches them.
             self.scales = Vec::new();
             self.mins = Vec::new();
+            self.ksm = Vec::new();
         }
         #[cfg(unix)]
         if let (Some(_), Blocks::Mapped(map, range)) = (&self.packed, &self.data) {

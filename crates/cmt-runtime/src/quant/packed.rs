@@ -1,4 +1,4 @@
-//! Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 weights repacked 16 rows at a time for an int16 × int8 matmul
+//! Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K weights repacked 16 rows at a time for an int16 × int8 matmul
 //! (AVX-512 VNNI `vpdpwssd`), every m.
 //!
 //! The row-layout kernels of [`super::dot`] dot one weight row with one activation row, so
@@ -17,7 +17,10 @@
 //! the same 16-bit pairs; their offset enters per block as m_r · d_a·Σq_a (Q4_1's minimum m;
 //! Q4_0's x = d·(q − 8) is m = −8d), so every type shares one kernel. Q5_0 and Q5_1 are
 //! stored as bytes like Q8_0 (Q5_0 as q − 16, Q5_1 as q with its minimum as the offset):
-//! one byte per weight against the file's 0.69–0.75, for a kernel that exists.
+//! one byte per weight against the file's 0.69–0.75, for a kernel that exists. Q4_K and
+//! Q5_K are the same forms per 32-element sub-block (scale d·sc_j, offset −dmin·m_j), with
+//! f32 tables since d·sc_j is not always an f16; Q6_K's 16-element groups (two scales per 32
+//! columns) keep their own kernel ([`super::kquant`]).
 //!
 //! Activations are quantised per 32-element block to **16 bits** (d = max|x| / 32767,
 //! error ≤ d/2 per element): the accuracy of the row kernels' two 8-bit planes
@@ -48,12 +51,133 @@ pub struct Packed {
     /// Bytes: [groups][blocks][16 pairs][16 rows][2] i8. Nibbles: [groups][blocks][16
     /// pairs][16 rows] bytes of two nibbles.
     qs: Vec<u8>,
-    /// [groups][blocks][16 rows] weight scales (f16, as in the file: 16 convert in one
-    /// instruction).
-    d: Vec<f16>,
-    /// [groups][blocks][16 rows] offsets m (Q4_0, Q4_1, Q5_1; x = d·q + m; Q4_0's −8d is
-    /// exact in f16 whenever d is); empty for the types without one.
-    m: Vec<f16>,
+    /// [groups][blocks][16 rows] weight scales.
+    d: Table,
+    /// [groups][blocks][16 rows] offsets m (x = d·q + m: Q4_0's −8d, Q4_1's and Q5_1's
+    /// minimum, the k-quants' −dmin·m_j); None for Q8_0 and Q5_0.
+    m: Option<Table>,
+}
+
+/// Per (block, row) scales or offsets: f16 as the Q8_0/Q4/Q5 files hold them (16 convert in
+/// one instruction), f32 for the k-quants, whose d·sc (an f16 times a 6-bit scale) is not
+/// always an f16. Either way the values are exactly those the dequantiser uses.
+#[derive(Debug, Clone)]
+enum Table {
+    Half(Vec<f16>),
+    Single(Vec<f32>),
+}
+
+impl Table {
+    fn zeros(single: bool, n: usize) -> Table {
+        if single {
+            Table::Single(vec![0.0; n])
+        } else {
+            Table::Half(vec![f16::ZERO; n])
+        }
+    }
+    /// `v` must be exact in the table's type (it comes from the file's f16 fields, or from
+    /// f32 products for a single-precision table).
+    fn set(&mut self, i: usize, v: f32) {
+        match self {
+            Table::Half(t) => t[i] = f16::from_f32(v),
+            Table::Single(t) => t[i] = v,
+        }
+    }
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Table::Half(t) => t[i].to_f32(),
+            Table::Single(t) => t[i],
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            Table::Half(t) => t.len(),
+            Table::Single(t) => t.len(),
+        }
+    }
+    fn bytes(&self) -> usize {
+        match self {
+            Table::Half(t) => 2 * t.len(),
+            Table::Single(t) => 4 * t.len(),
+        }
+    }
+    fn single(&self) -> bool {
+        matches!(self, Table::Single(_))
+    }
+    fn as_ptr(&self) -> *const u8 {
+        match self {
+            Table::Half(t) => t.as_ptr() as *const u8,
+            Table::Single(t) => t.as_ptr() as *const u8,
+        }
+    }
+}
+
+/// Block `j` of a (super-)block of `ty`: its scale, its offset (0 where the type has none)
+/// and its 32 integer values as stored, so that element c is scale·q[c] + offset.
+fn block_values(ty: QType, blk: &[u8], j: usize) -> (f32, f32, [i32; BLOCK]) {
+    let f16_at = |at: usize| f16::from_le_bytes([blk[at], blk[at + 1]]).to_f32();
+    // Element c of Q4-style nibbles: c < 16 in the low nibble of byte c, else the high
+    // nibble of byte c − 16.
+    let nib = |qb: &[u8], c: usize| (if c < 16 { qb[c] & 15 } else { qb[c - 16] >> 4 }) as i32;
+    let mut q = [0i32; BLOCK];
+    match ty {
+        QType::Q8_0 => {
+            for (c, v) in q.iter_mut().enumerate() {
+                *v = blk[2 + c] as i8 as i32;
+            }
+            (f16_at(0), 0.0, q)
+        }
+        QType::Q4_0 | QType::Q4_1 => {
+            let (qb, d) = (&blk[if ty == QType::Q4_1 { 4 } else { 2 }..], f16_at(0));
+            for (c, v) in q.iter_mut().enumerate() {
+                *v = nib(qb, c);
+            }
+            let off = if ty == QType::Q4_1 {
+                f16_at(2)
+            } else {
+                -8.0 * d
+            };
+            (d, off, q)
+        }
+        // 32 fifth bits (bit c: element c), then the low nibbles as Q4's.
+        QType::Q5_0 | QType::Q5_1 => {
+            let o = if ty == QType::Q5_1 { 4 } else { 2 };
+            let qh = u32::from_le_bytes([blk[o], blk[o + 1], blk[o + 2], blk[o + 3]]);
+            let bias = if ty == QType::Q5_1 { 0 } else { 16 };
+            for (c, v) in q.iter_mut().enumerate() {
+                *v = (nib(&blk[o + 4..], c) | (((qh >> c) & 1) as i32) << 4) - bias;
+            }
+            let off = if ty == QType::Q5_1 { f16_at(2) } else { 0.0 };
+            (f16_at(0), off, q)
+        }
+        // Sub-block j of a 256-element super-block: d·sc_j·q − dmin·m_j, the low nibbles of
+        // bytes 32·(j/2).. for even j, the high ones for odd j (Q5_K: plus bit j of qh[l]).
+        QType::Q4K | QType::Q5K => {
+            let (sc, m) = crate::gguf::quant_k::scale_min_k4(j, &blk[4..16]);
+            let (d, dmin) = (f16_at(0), f16_at(2));
+            let qs = if ty == QType::Q5K {
+                &blk[48..176]
+            } else {
+                &blk[16..144]
+            };
+            let chunk = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            for (l, v) in q.iter_mut().enumerate() {
+                let low = if j % 2 == 0 {
+                    chunk[l] & 15
+                } else {
+                    chunk[l] >> 4
+                } as i32;
+                let high = if ty == QType::Q5K {
+                    ((blk[16 + l] >> j) & 1) as i32
+                } else {
+                    0
+                };
+                *v = low | high << 4;
+            }
+            (d * sc, -(dmin * m), q)
+        }
+        QType::Q6K => unreachable!("Q6_K has no packed layout"),
+    }
 }
 
 /// Bytes of one group's block in the packed layout.
@@ -66,13 +190,17 @@ fn group_block_bytes(nibbles: bool) -> usize {
 }
 
 impl Packed {
-    /// Repacks a Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 matrix (None for other types).
+    /// Repacks a Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K or Q5_K matrix (None for Q6_K, whose
+    /// 16-element groups have two scales per 32 columns).
     pub fn new(w: &QuantMatrix) -> Option<Packed> {
-        let (nibbles, offset) = match w.ty {
-            QType::Q8_0 | QType::Q5_0 => (false, false),
-            QType::Q5_1 => (false, true),
-            QType::Q4_0 | QType::Q4_1 => (true, true),
-            _ => return None,
+        // (nibble layout, offset, single-precision tables)
+        let (nibbles, offset, single) = match w.ty {
+            QType::Q8_0 | QType::Q5_0 => (false, false, false),
+            QType::Q5_1 => (false, true, false),
+            QType::Q4_0 | QType::Q4_1 => (true, true, false),
+            QType::Q4K => (true, true, true),
+            QType::Q5K => (false, true, true),
+            QType::Q6K => return None,
         };
         let (rows, cols) = (w.rows, w.cols);
         let (groups, nb, gbb) = (
@@ -81,56 +209,27 @@ impl Packed {
             group_block_bytes(nibbles),
         );
         let mut qs = vec![0u8; groups * nb * gbb];
-        let mut d = vec![f16::ZERO; groups * nb * GROUP];
-        let mut m = if offset { d.clone() } else { Vec::new() };
-        let f16_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
-        let bb = w.ty.block_bytes();
+        let mut d = Table::zeros(single, groups * nb * GROUP);
+        let mut m = offset.then(|| Table::zeros(single, groups * nb * GROUP));
+        let (bb, per) = (w.ty.block_bytes(), w.ty.block_elems() / BLOCK);
         for r in 0..rows {
             let (g, lane) = (r / GROUP, r % GROUP);
-            for (b, blk) in w.row_blocks(r).chunks_exact(bb).enumerate() {
-                let gb = g * nb + b;
-                let at = gb * GROUP + lane;
-                d[at] = f16_at(blk, 0);
-                let dst = &mut qs[gb * gbb..(gb + 1) * gbb];
-                let mut put_byte =
-                    |c: usize, q: i8| dst[((c / 2) * GROUP + lane) * 2 + c % 2] = q as u8;
-                match w.ty {
-                    // f16 scale, then 32 × i8.
-                    QType::Q8_0 => {
-                        for (c, &q) in blk[2..].iter().enumerate() {
-                            put_byte(c, q as i8);
-                        }
+            for (sb, blk) in w.row_blocks(r).chunks_exact(bb).enumerate() {
+                for j in 0..per {
+                    let (scale, off, q) = block_values(w.ty, blk, j);
+                    let gb = g * nb + sb * per + j;
+                    d.set(gb * GROUP + lane, scale);
+                    if let Some(m) = &mut m {
+                        m.set(gb * GROUP + lane, off);
                     }
-                    // f16 scale (Q5_1: then f16 minimum), 32 fifth bits (bit c: element c),
-                    // 16 bytes of low nibbles laid out as Q4's.
-                    QType::Q5_0 | QType::Q5_1 => {
-                        let o = if w.ty == QType::Q5_1 { 4 } else { 2 };
-                        let qh = u32::from_le_bytes([blk[o], blk[o + 1], blk[o + 2], blk[o + 3]]);
-                        let qb = &blk[o + 4..o + 20];
-                        let bias = if w.ty == QType::Q5_1 {
-                            m[at] = f16_at(blk, 2);
-                            0
+                    let dst = &mut qs[gb * gbb..(gb + 1) * gbb];
+                    for p in 0..BLOCK / 2 {
+                        let (q0, q1) = (q[2 * p], q[2 * p + 1]);
+                        if nibbles {
+                            dst[p * GROUP + lane] = (q0 | q1 << 4) as u8;
                         } else {
-                            16
-                        };
-                        for c in 0..BLOCK {
-                            let low = if c < 16 { qb[c] & 15 } else { qb[c - 16] >> 4 };
-                            let q = low | (((qh >> c) & 1) as u8) << 4;
-                            put_byte(c, (q as i32 - bias) as i8);
-                        }
-                    }
-                    // f16 scale (Q4_1: then f16 minimum), then 16 bytes: element c < 16 in
-                    // the low nibble of byte c, element c + 16 in its high nibble.
-                    _ => {
-                        let (qb, off) = if w.ty == QType::Q4_1 {
-                            (&blk[4..], f16_at(blk, 2))
-                        } else {
-                            (&blk[2..], -d[at] * f16::from_f32(8.0))
-                        };
-                        m[at] = off;
-                        let nib = |c: usize| if c < 16 { qb[c] & 15 } else { qb[c - 16] >> 4 };
-                        for p in 0..16 {
-                            dst[p * GROUP + lane] = nib(2 * p) | (nib(2 * p + 1) << 4);
+                            dst[(p * GROUP + lane) * 2] = q0 as i8 as u8;
+                            dst[(p * GROUP + lane) * 2 + 1] = q1 as i8 as u8;
                         }
                     }
                 }
@@ -147,7 +246,7 @@ impl Packed {
     }
 
     pub fn bytes(&self) -> usize {
-        self.qs.len() + 2 * (self.d.len() + self.m.len())
+        self.qs.len() + self.d.bytes() + self.m.as_ref().map_or(0, Table::bytes)
     }
 
     fn blocks(&self) -> usize {
@@ -277,7 +376,6 @@ fn group_tile_portable(
 ) {
     let (nb, k, gbb) = (w.blocks(), a.k, group_block_bytes(w.nibbles));
     // Columns (2p, 2p + 1) of lane r in a group's block.
-    let offset = !w.m.is_empty();
     let pair = |wq: &[u8], p: usize, r: usize| -> (i32, i32) {
         if w.nibbles {
             let v = wq[p * GROUP + r];
@@ -290,7 +388,6 @@ fn group_tile_portable(
     for b in 0..nb {
         let gb = g * nb + b;
         let wq = &w.qs[gb * gbb..(gb + 1) * gbb];
-        let wd = &w.d[gb * GROUP..(gb + 1) * GROUP];
         for (j, accj) in acc.iter_mut().enumerate().take(rows) {
             let i = i0 + j;
             let xq = &a.qs[i * k + b * BLOCK..i * k + (b + 1) * BLOCK];
@@ -301,9 +398,9 @@ fn group_tile_portable(
                     let (q0, q1) = pair(wq, p, r);
                     s += q0 * xq[2 * p] as i32 + q1 * xq[2 * p + 1] as i32;
                 }
-                *v = (s as f32).mul_add(wd[r].to_f32() * da, *v);
-                if offset {
-                    *v = w.m[gb * GROUP + r].to_f32().mul_add(a.dsum[i * nb + b], *v);
+                *v = (s as f32).mul_add(w.d.get(gb * GROUP + r) * da, *v);
+                if let Some(m) = &w.m {
+                    *v = m.get(gb * GROUP + r).mul_add(a.dsum[i * nb + b], *v);
                 }
             }
         }
@@ -332,25 +429,28 @@ mod avx512 {
         // One instance per tile height and weight format, so the accumulator arrays live
         // in registers.
         macro_rules! heights {
-            ($nib:literal, $off:literal) => {
+            ($nib:literal, $off:literal, $w32:literal) => {
                 match rows {
-                    8 => tile::<8, $nib, $off>(w, g, a, i0, acc),
-                    7 => tile::<7, $nib, $off>(w, g, a, i0, acc),
-                    6 => tile::<6, $nib, $off>(w, g, a, i0, acc),
-                    5 => tile::<5, $nib, $off>(w, g, a, i0, acc),
-                    4 => tile::<4, $nib, $off>(w, g, a, i0, acc),
-                    3 => tile::<3, $nib, $off>(w, g, a, i0, acc),
-                    2 => tile::<2, $nib, $off>(w, g, a, i0, acc),
-                    1 => tile::<1, $nib, $off>(w, g, a, i0, acc),
+                    8 => tile::<8, $nib, $off, $w32>(w, g, a, i0, acc),
+                    7 => tile::<7, $nib, $off, $w32>(w, g, a, i0, acc),
+                    6 => tile::<6, $nib, $off, $w32>(w, g, a, i0, acc),
+                    5 => tile::<5, $nib, $off, $w32>(w, g, a, i0, acc),
+                    4 => tile::<4, $nib, $off, $w32>(w, g, a, i0, acc),
+                    3 => tile::<3, $nib, $off, $w32>(w, g, a, i0, acc),
+                    2 => tile::<2, $nib, $off, $w32>(w, g, a, i0, acc),
+                    1 => tile::<1, $nib, $off, $w32>(w, g, a, i0, acc),
                     _ => unreachable!("tile heights are 1..=TILE_M"),
                 }
             };
         }
-        match (w.nibbles, !w.m.is_empty()) {
-            (false, false) => heights!(false, false),
-            (false, true) => heights!(false, true),
-            (true, true) => heights!(true, true),
-            (true, false) => unreachable!("every nibble type has an offset"),
+        // The five layouts Packed::new makes.
+        match (w.nibbles, w.m.is_some(), w.d.single()) {
+            (false, false, false) => heights!(false, false, false),
+            (false, true, false) => heights!(false, true, false),
+            (true, true, false) => heights!(true, true, false),
+            (true, true, true) => heights!(true, true, true),
+            (false, true, true) => heights!(false, true, true),
+            other => unreachable!("no packed type has the layout {other:?}"),
         }
     }
 
@@ -362,7 +462,7 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
-    unsafe fn tile<const R: usize, const NIB: bool, const OFF: bool>(
+    unsafe fn tile<const R: usize, const NIB: bool, const OFF: bool, const W32: bool>(
         w: &Packed,
         g: usize,
         a: &Acts16,
@@ -370,20 +470,34 @@ mod avx512 {
         acc: &mut [[f32; GROUP]; TILE_M],
     ) {
         let (nb, k, gbb) = (w.blocks(), a.k, group_block_bytes(NIB));
-        let has_offset = !w.m.is_empty();
+        let m_len = w.m.as_ref().map(|m| (m.len(), m.single()));
         assert!(
             NIB == w.nibbles
-                && OFF == has_offset
+                && W32 == w.d.single()
                 && (g + 1) * nb * gbb <= w.qs.len()
                 && (g + 1) * nb * GROUP <= w.d.len()
-                && (!OFF || (g + 1) * nb * GROUP <= w.m.len())
+                && match m_len {
+                    Some((n, single)) => OFF && single == W32 && (g + 1) * nb * GROUP <= n,
+                    None => !OFF,
+                }
                 && (i0 + R) * k <= a.qs.len()
                 && (i0 + R) * nb <= a.d.len(),
             "packed tile out of range"
         );
         let wq = w.qs.as_ptr().add(g * nb * gbb);
-        let wd = w.d.as_ptr().add(g * nb * GROUP);
-        let wm = w.m.as_ptr().add(if OFF { g * nb * GROUP } else { 0 });
+        // Entry i of a table: 16 f32, or 16 f16 widened by one instruction.
+        let esz = if W32 { 4 } else { 2 };
+        let wd = w.d.as_ptr().add(g * nb * GROUP * esz);
+        let wm =
+            w.m.as_ref()
+                .map_or(std::ptr::null(), |m| m.as_ptr().add(g * nb * GROUP * esz));
+        let table16 = |t: *const u8, i: usize| -> __m512 {
+            if W32 {
+                _mm512_loadu_ps((t as *const f32).add(i))
+            } else {
+                _mm512_cvtph_ps(_mm256_loadu_si256((t as *const u16).add(i) as *const _))
+            }
+        };
         let xs = a.dsum.as_ptr().add(i0 * nb);
         // Lane r of a Q4 pair: byte r = lo | hi << 4 widened to a dword, then lo in the low
         // 16 bits and hi in the high 16: (v | v << 12) & 0x000F000F.
@@ -419,13 +533,13 @@ mod avx512 {
                     );
                 }
             }
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wd.add(b * GROUP) as *const _));
+            let dw = table16(wd, b * GROUP);
             for j in 0..R {
                 let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*xd.add(j * nb + b)));
                 let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j]));
                 f[j] = _mm512_fmadd_ps(sum, scale, f[j]);
                 if OFF {
-                    let off = _mm512_cvtph_ps(_mm256_loadu_si256(wm.add(b * GROUP) as *const _));
+                    let off = table16(wm, b * GROUP);
                     f[j] = _mm512_fmadd_ps(off, _mm512_set1_ps(*xs.add(j * nb + b)), f[j]);
                 }
             }
