@@ -162,7 +162,7 @@ fn block_values(ty: QType, blk: &[u8], j: usize) -> (f32, f32, [i32; BLOCK]) {
             };
             let chunk = &qs[32 * (j / 2)..32 * (j / 2) + 32];
             for (l, v) in q.iter_mut().enumerate() {
-                let low = if j % 2 == 0 {
+                let low = if j.is_multiple_of(2) {
                     chunk[l] & 15
                 } else {
                     chunk[l] >> 4
