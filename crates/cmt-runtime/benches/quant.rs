@@ -73,10 +73,16 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| matmul_int8(kern, black_box(&x), &w, None, &mut out, 1))
             });
         }
-        if let (Some(p), Some(kern)) = (Packed::new(&w), DotKernel::new(SimdLevel::Avx512Vnni)) {
-            g.bench_function(BenchmarkId::new(format!("{name}/packed"), 1), |b| {
-                b.iter(|| packed_matmul_nt(black_box(&x), &p, None, &mut out, 1, kern))
-            });
+        if let Some(p) = Packed::new(&w) {
+            for level in [SimdLevel::Avx2, SimdLevel::Avx512Vnni] {
+                let Some(kern) = DotKernel::new(level) else {
+                    continue;
+                };
+                let id = BenchmarkId::new(format!("{name}/packed_{level:?}"), 1);
+                g.bench_function(id, |b| {
+                    b.iter(|| packed_matmul_nt(black_box(&x), &p, None, &mut out, 1, kern))
+                });
+            }
         }
         let mut wf = vec![0.0f32; n * k];
         w.dequantize_rows(0, n, &mut wf);
@@ -110,10 +116,16 @@ fn bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(format!("{name}/f32"), 128), |b| {
             b.iter(|| matmul_nt(black_box(&x), &wf, None, &mut out, 128, n, k))
         });
-        if let (Some(p), Some(kern)) = (Packed::new(&w), DotKernel::new(SimdLevel::Avx512Vnni)) {
-            g.bench_function(BenchmarkId::new(format!("{name}/packed"), 128), |b| {
-                b.iter(|| packed_matmul_nt(black_box(&x), &p, None, &mut out, 128, kern))
-            });
+        if let Some(p) = Packed::new(&w) {
+            for level in [SimdLevel::Avx2, SimdLevel::Avx512Vnni] {
+                let Some(kern) = DotKernel::new(level) else {
+                    continue;
+                };
+                let id = BenchmarkId::new(format!("{name}/packed_{level:?}"), 128);
+                g.bench_function(id, |b| {
+                    b.iter(|| packed_matmul_nt(black_box(&x), &p, None, &mut out, 128, kern))
+                });
+            }
         }
     }
     g.finish();

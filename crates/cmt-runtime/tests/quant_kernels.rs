@@ -381,10 +381,19 @@ mod k_quants {
 
     #[test]
     fn k_quants_are_kept_only_where_their_fast_kernel_runs() {
-        let fast = DotKernel::best().level() == SimdLevel::Avx512Vnni;
-        for t in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
-            assert_eq!(QType::from_ggml(t).is_some(), fast, "{t:?}");
+        let best = DotKernel::best().level();
+        // Q4_K/Q5_K wherever a packed kernel runs; Q6_K's own kernel is AVX-512 VNNI only.
+        for t in [GgmlType::Q4K, GgmlType::Q5K] {
+            assert_eq!(
+                QType::from_ggml(t).is_some(),
+                best != SimdLevel::Portable,
+                "{t:?}"
+            );
         }
+        assert_eq!(
+            QType::from_ggml(GgmlType::Q6K).is_some(),
+            best == SimdLevel::Avx512Vnni
+        );
         // Float types are never kept as blocks (bf16 has its own --weights format).
         for t in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
             assert_eq!(QType::from_ggml_any_cpu(t), None, "{t:?}");
@@ -430,7 +439,7 @@ mod packed {
     ];
 
     fn levels() -> Vec<DotKernel> {
-        [SimdLevel::Portable, SimdLevel::Avx512Vnni]
+        [SimdLevel::Portable, SimdLevel::Avx2, SimdLevel::Avx512Vnni]
             .into_iter()
             .filter_map(DotKernel::new)
             .collect()
@@ -527,26 +536,28 @@ mod packed {
     }
 
     #[test]
-    fn the_loader_packs_only_where_vnni_runs_and_every_m_reads_it() {
+    fn the_loader_packs_where_a_simd_level_runs_and_every_m_reads_it() {
         let (m, n, nb) = (24, 40, 5);
         let k = nb * BLOCK;
         let mut w = random_matrix(QType::Q8_0, n, k, 7);
-        let vnni = DotKernel::new(SimdLevel::Avx512Vnni).is_some();
-        assert_eq!(w.pack(), vnni);
+        // The loader packs wherever a SIMD level runs (this CPU's best is what it takes).
+        let packs = DotKernel::best().level() != SimdLevel::Portable;
+        assert_eq!(w.pack(), packs);
         for ty in [QType::Q4_0, QType::Q4_1, QType::Q5_0, QType::Q5_1] {
-            assert_eq!(random_matrix(ty, n, k, 7).pack(), vnni, "{ty:?}");
+            assert_eq!(random_matrix(ty, n, k, 7).pack(), packs, "{ty:?}");
         }
-        // Q5_0/Q5_1 have only this kernel: a file's Q5 tensors stay quantised only on VNNI
-        // CPUs (elsewhere they load as f32).
+        // Q5_0/Q5_1 have only the packed kernels: a file's Q5 tensors stay quantised only
+        // where one runs (elsewhere they load as f32).
         for (g, q) in [(GgmlType::Q5_0, QType::Q5_0), (GgmlType::Q5_1, QType::Q5_1)] {
-            assert_eq!(QType::from_ggml(g), vnni.then_some(q));
+            assert_eq!(QType::from_ggml(g), packs.then_some(q));
             assert_eq!(QType::from_ggml_any_cpu(g), Some(q));
         }
-        assert_eq!(random_matrix(QType::Q4K, n, 256, 7).pack(), vnni, "Q4_K");
-        assert_eq!(random_matrix(QType::Q5K, n, 256, 7).pack(), vnni, "Q5_K");
+        assert_eq!(random_matrix(QType::Q4K, n, 256, 7).pack(), packs, "Q4_K");
+        assert_eq!(random_matrix(QType::Q5K, n, 256, 7).pack(), packs, "Q5_K");
         let mut q6 = random_matrix(QType::Q6K, n, 256, 7);
         assert!(!q6.pack(), "Q6_K has no packed layout");
-        if let Some(kernel) = DotKernel::new(SimdLevel::Avx512Vnni) {
+        if packs {
+            let kernel = DotKernel::best();
             let x = random_acts(m * k, 8);
             let (mut via_dispatch, mut direct) = (vec![0.0; m * n], vec![0.0; m * n]);
             quant_matmul_nt(&x, &w, None, &mut via_dispatch, m);

@@ -1,7 +1,8 @@
 //! out[m, n] = x[m, k] · wᵀ (+ bias) for a quantised w [n, k].
 //!
-//! Q8_0 on AVX-512 VNNI CPUs, every m: the packed 16-row layout and 16-bit activations of
-//! [`super::packed`] (faster than both paths below at m = 1 and m = 128; `docs/perf.md`).
+//! A matrix with a packed copy (every kept type but Q6_K, wherever a SIMD level runs) is
+//! read through [`super::packed`]'s 16-row layout and 16-bit activations in decode, and in
+//! prefill too with AVX-512 VNNI ([`prefill_reads_packed`]; `docs/perf.md`).
 //! Otherwise decode (m ≤ [`INT8_MAX_M`]) is bound by reading w once: x is quantised to 8-bit
 //! blocks once, and each rayon task streams a band of w's rows, dotting each with all m rows
 //! while it is in L1. Prefill is compute bound: each task dequantises a tile of w's rows to
@@ -29,9 +30,33 @@ pub fn quant_matmul_nt(
     out: &mut [f32],
     m: usize,
 ) {
-    if let Some(p) = &w.packed {
-        super::packed::packed_matmul_nt(x, p, bias, out, m, DotKernel::best());
-    } else if m <= INT8_MAX_M {
+    match &w.packed {
+        Some(p) if m <= INT8_MAX_M || prefill_reads_packed() => {
+            super::packed::packed_matmul_nt(x, p, bias, out, m, DotKernel::best())
+        }
+        // Dequantised tiles read the blocks, which packing keeps (only the row kernels'
+        // tables are dropped).
+        Some(_) => matmul_dequant_gemm(x, w, bias, out, m),
+        None => quant_matmul_unpacked(x, w, bias, out, m),
+    }
+}
+
+/// Whether prefill (m > [`INT8_MAX_M`]) runs the packed kernel: with AVX-512 VNNI, where it
+/// matches the f32 GEMM (`docs/perf.md`). The AVX2 packed kernel measured 1.5× slower than
+/// dequantised tiles at m = 128 on the development machine (whose GEMM has AVX-512), so
+/// AVX2 CPUs keep the tiles for prefill and the packed kernel for decode.
+pub fn prefill_reads_packed() -> bool {
+    DotKernel::best().level() == super::dot::SimdLevel::Avx512Vnni
+}
+
+fn quant_matmul_unpacked(
+    x: &[f32],
+    w: &QuantMatrix,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+) {
+    if m <= INT8_MAX_M {
         matmul_int8(DotKernel::best(), x, w, bias, out, m);
     } else {
         matmul_dequant_gemm(x, w, bias, out, m);

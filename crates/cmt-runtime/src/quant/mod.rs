@@ -46,15 +46,22 @@ pub enum QType {
 }
 
 impl QType {
-    /// The kept type of a GGUF type on this CPU. The k-quants have an AVX-512 kernel only
-    /// (elsewhere the portable one would be slower than the f32 path) and Q5_0/Q5_1 only the
-    /// packed AVX-512 VNNI kernel, so without VNNI they load as f32.
+    /// The kept type of a GGUF type on this CPU: Q8_0/Q4_0/Q4_1 everywhere; Q5_0, Q5_1,
+    /// Q4_K and Q5_K where a packed kernel runs (AVX2 or AVX-512 VNNI); Q6_K with AVX-512
+    /// VNNI only. Elsewhere they load as f32 (the portable kernels are slower than it).
     pub fn from_ggml(t: GgmlType) -> Option<QType> {
-        let fast = dot::DotKernel::best().level() == dot::SimdLevel::Avx512Vnni;
-        Self::from_ggml_any_cpu(t).filter(|q| fast || !(q.is_k() || q.packed_only()))
+        let level = dot::DotKernel::best().level();
+        Self::from_ggml_any_cpu(t).filter(|q| match q {
+            // Its own kernel is AVX-512 VNNI only (elsewhere the portable one would be
+            // slower than the f32 path).
+            QType::Q6K => level == dot::SimdLevel::Avx512Vnni,
+            // Only the packed kernels (AVX-512 VNNI, AVX2) read these well.
+            _ if q.packed_only() || q.is_k() => level != dot::SimdLevel::Portable,
+            _ => true,
+        })
     }
 
-    /// Whether only the packed kernel reads this type (no row kernel).
+    /// Whether only the packed kernels read this type (no row kernel).
     pub fn packed_only(self) -> bool {
         matches!(self, QType::Q5_0 | QType::Q5_1)
     }
@@ -251,7 +258,7 @@ impl QuantMatrix {
     /// Adds the packed copy the 16-bit-activation kernel reads, where this CPU runs it and
     /// the type has one (all but Q6_K); returns whether it did.
     pub fn pack(&mut self) -> bool {
-        if dot::DotKernel::best().level() != dot::SimdLevel::Avx512Vnni {
+        if dot::DotKernel::best().level() == dot::SimdLevel::Portable {
             return false;
         }
         self.packed = packed::Packed::new(self).map(Arc::new);
