@@ -382,18 +382,14 @@ mod k_quants {
     #[test]
     fn k_quants_are_kept_only_where_their_fast_kernel_runs() {
         let best = DotKernel::best().level();
-        // Q4_K/Q5_K wherever a packed kernel runs; Q6_K's own kernel is AVX-512 VNNI only.
-        for t in [GgmlType::Q4K, GgmlType::Q5K] {
+        // Wherever a packed kernel runs.
+        for t in [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K] {
             assert_eq!(
                 QType::from_ggml(t).is_some(),
                 best != SimdLevel::Portable,
                 "{t:?}"
             );
         }
-        assert_eq!(
-            QType::from_ggml(GgmlType::Q6K).is_some(),
-            best == SimdLevel::Avx512Vnni
-        );
         // Float types are never kept as blocks (bf16 has its own --weights format).
         for t in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
             assert_eq!(QType::from_ggml_any_cpu(t), None, "{t:?}");
@@ -502,13 +498,13 @@ mod packed {
             check(PACKED[t], m, n, nb, seed);
         }
 
-        /// Q4_K and Q5_K through the same kernel: 256-element super-blocks of 8 sub-blocks,
-        /// each its own scale and offset.
+        /// The k-quants through the same kernel: 256-element super-blocks of 8 sub-blocks,
+        /// each its own scale and offset (Q6_K: a scale per 16 elements, no offset).
         #[test]
         fn packed_k_quants_match_the_dequantised_reference(
-            t in 0usize..2, m in 1usize..20, n in 1usize..40, sb in 1usize..4, seed in 1u64..u64::MAX,
+            t in 0usize..3, m in 1usize..20, n in 1usize..40, sb in 1usize..4, seed in 1u64..u64::MAX,
         ) {
-            check([QType::Q4K, QType::Q5K][t], m, n, 8 * sb, seed);
+            check([QType::Q4K, QType::Q5K, QType::Q6K][t], m, n, 8 * sb, seed);
         }
     }
 
@@ -554,8 +550,7 @@ mod packed {
         }
         assert_eq!(random_matrix(QType::Q4K, n, 256, 7).pack(), packs, "Q4_K");
         assert_eq!(random_matrix(QType::Q5K, n, 256, 7).pack(), packs, "Q5_K");
-        let mut q6 = random_matrix(QType::Q6K, n, 256, 7);
-        assert!(!q6.pack(), "Q6_K has no packed layout");
+        assert_eq!(random_matrix(QType::Q6K, n, 256, 7).pack(), packs, "Q6_K");
         if packs {
             let kernel = DotKernel::best();
             let x = random_acts(m * k, 8);

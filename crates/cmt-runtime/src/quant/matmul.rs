@@ -1,6 +1,6 @@
 //! out[m, n] = x[m, k] · wᵀ (+ bias) for a quantised w [n, k].
 //!
-//! A matrix with a packed copy (every kept type but Q6_K, wherever a SIMD level runs) is
+//! A matrix with a packed copy (every kept type, wherever a SIMD level runs) is
 //! read through [`super::packed`]'s 16-row layout and 16-bit activations in decode, and in
 //! prefill too with AVX-512 VNNI ([`prefill_reads_packed`]; `docs/perf.md`).
 //! Otherwise decode (m ≤ [`INT8_MAX_M`]) is bound by reading w once: x is quantised to 8-bit

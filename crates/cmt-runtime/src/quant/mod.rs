@@ -46,19 +46,15 @@ pub enum QType {
 }
 
 impl QType {
-    /// The kept type of a GGUF type on this CPU: Q8_0/Q4_0/Q4_1 everywhere; Q5_0, Q5_1,
-    /// Q4_K and Q5_K where a packed kernel runs (AVX2 or AVX-512 VNNI); Q6_K with AVX-512
-    /// VNNI only. Elsewhere they load as f32 (the portable kernels are slower than it).
+    /// The kept type of a GGUF type on this CPU: Q8_0/Q4_0/Q4_1 everywhere; Q5_0, Q5_1 and
+    /// the k-quants where a packed kernel runs (AVX2 or AVX-512 VNNI). Elsewhere they load
+    /// as f32 (the portable kernels are slower than it).
     pub fn from_ggml(t: GgmlType) -> Option<QType> {
         let level = dot::DotKernel::best().level();
-        Self::from_ggml_any_cpu(t).filter(|q| match q {
-            // Its own kernel is AVX-512 VNNI only (elsewhere the portable one would be
-            // slower than the f32 path).
-            QType::Q6K => level == dot::SimdLevel::Avx512Vnni,
-            // Only the packed kernels (AVX-512 VNNI, AVX2) read these well.
-            _ if q.packed_only() || q.is_k() => level != dot::SimdLevel::Portable,
-            _ => true,
-        })
+        // Only the packed kernels (AVX-512 VNNI, AVX2) read these well; the portable row
+        // kernels of the k-quants are slower than the f32 path.
+        Self::from_ggml_any_cpu(t)
+            .filter(|q| !(q.packed_only() || q.is_k()) || level != dot::SimdLevel::Portable)
     }
 
     /// Whether only the packed kernels read this type (no row kernel).
@@ -133,7 +129,7 @@ pub struct QuantMatrix {
     /// Activation planes the int8 matmul quantises x into for this matrix (1 or 2; see
     /// [`acts::QuantActs::quantize_planes`]).
     pub act_planes: usize,
-    /// Every kept type but Q6_K, on AVX-512 VNNI CPUs: the rows again in [`packed`]'s 16-row groups, which every
+    /// Every kept type wherever a SIMD level runs: the rows again in [`packed`]'s 16-row groups, which every
     /// matmul of this matrix then reads instead of the blocks (set by [`QuantMatrix::pack`]).
     pub packed: Option<Arc<packed::Packed>>,
 }
@@ -256,7 +252,7 @@ impl QuantMatrix {
     }
 
     /// Adds the packed copy the 16-bit-activation kernel reads, where this CPU runs it and
-    /// the type has one (all but Q6_K); returns whether it did.
+    /// the type has one (every kept type); returns whether it did.
     pub fn pack(&mut self) -> bool {
         if dot::DotKernel::best().level() == dot::SimdLevel::Portable {
             return false;

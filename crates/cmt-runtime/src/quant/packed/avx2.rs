@@ -23,12 +23,12 @@ pub(super) unsafe fn group_tile(
     // At most 4 activation rows at a time: 4 i32 + 4 f32 accumulators and the weights fit
     // the 16 ymm registers.
     macro_rules! heights {
-        ($r:expr, $at:expr, $nib:literal, $off:literal, $w32:literal) => {
+        ($r:expr, $at:expr, $nib:literal, $off:literal, $w32:literal, $split:literal) => {
             match $r {
-                4 => tile::<4, $nib, $off, $w32>(w, g, a, i0 + $at, &mut acc[$at..]),
-                3 => tile::<3, $nib, $off, $w32>(w, g, a, i0 + $at, &mut acc[$at..]),
-                2 => tile::<2, $nib, $off, $w32>(w, g, a, i0 + $at, &mut acc[$at..]),
-                1 => tile::<1, $nib, $off, $w32>(w, g, a, i0 + $at, &mut acc[$at..]),
+                4 => tile::<4, $nib, $off, $w32, $split>(w, g, a, i0 + $at, &mut acc[$at..]),
+                3 => tile::<3, $nib, $off, $w32, $split>(w, g, a, i0 + $at, &mut acc[$at..]),
+                2 => tile::<2, $nib, $off, $w32, $split>(w, g, a, i0 + $at, &mut acc[$at..]),
+                1 => tile::<1, $nib, $off, $w32, $split>(w, g, a, i0 + $at, &mut acc[$at..]),
                 _ => unreachable!("sub-tiles are 1..=4 rows"),
             }
         };
@@ -36,13 +36,14 @@ pub(super) unsafe fn group_tile(
     let mut at = 0;
     while at < rows {
         let r = (rows - at).min(4);
-        // The five layouts Packed::new makes.
-        match (w.nibbles, w.m.is_some(), w.d.single()) {
-            (false, false, false) => heights!(r, at, false, false, false),
-            (false, true, false) => heights!(r, at, false, true, false),
-            (true, true, false) => heights!(r, at, true, true, false),
-            (true, true, true) => heights!(r, at, true, true, true),
-            (false, true, true) => heights!(r, at, false, true, true),
+        // The six layouts Packed::new makes.
+        match (w.nibbles, w.m.is_some(), w.d.single(), w.split) {
+            (false, false, false, false) => heights!(r, at, false, false, false, false),
+            (false, true, false, false) => heights!(r, at, false, true, false, false),
+            (true, true, false, false) => heights!(r, at, true, true, false, false),
+            (true, true, true, false) => heights!(r, at, true, true, true, false),
+            (false, true, true, false) => heights!(r, at, false, true, true, false),
+            (false, false, true, true) => heights!(r, at, false, false, true, true),
             other => unreachable!("no packed type has the layout {other:?}"),
         }
         at += r;
@@ -51,7 +52,13 @@ pub(super) unsafe fn group_tile(
 
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn tile<const R: usize, const NIB: bool, const OFF: bool, const W32: bool>(
+unsafe fn tile<
+    const R: usize,
+    const NIB: bool,
+    const OFF: bool,
+    const W32: bool,
+    const SPLIT: bool,
+>(
     w: &Packed,
     g: usize,
     a: &Acts16,
@@ -60,12 +67,14 @@ unsafe fn tile<const R: usize, const NIB: bool, const OFF: bool, const W32: bool
 ) {
     let (nb, k, gbb) = (w.blocks(), a.k, group_block_bytes(NIB));
     let m_len = w.m.as_ref().map(|m| (m.len(), m.single()));
+    let halves = if SPLIT { 2 } else { 1 };
     assert!(
         NIB == w.nibbles
             && W32 == w.d.single()
+            && SPLIT == w.split
             && acc.len() >= R
             && (g + 1) * nb * gbb <= w.qs.len()
-            && (g + 1) * nb * GROUP <= w.d.len()
+            && (g + 1) * nb * GROUP * halves <= w.d.len()
             && match m_len {
                 Some((n, single)) => OFF && single == W32 && (g + 1) * nb * GROUP <= n,
                 None => !OFF,
@@ -76,7 +85,7 @@ unsafe fn tile<const R: usize, const NIB: bool, const OFF: bool, const W32: bool
     );
     let esz = if W32 { 4 } else { 2 };
     let wq = w.qs.as_ptr().add(g * nb * gbb);
-    let wd = w.d.as_ptr().add(g * nb * GROUP * esz);
+    let wd = w.d.as_ptr().add(g * nb * GROUP * halves * esz);
     let wm =
         w.m.as_ref()
             .map_or(std::ptr::null(), |m| m.as_ptr().add(g * nb * GROUP * esz));
@@ -95,12 +104,12 @@ unsafe fn tile<const R: usize, const NIB: bool, const OFF: bool, const W32: bool
     for h in 0..2 {
         let mut f = [_mm256_setzero_ps(); R];
         for b in 0..nb {
-            let mut s = [_mm256_setzero_si256(); R];
-            for p in 0..16 {
-                // SAFETY (all loads): inside the ranges asserted above. Pair vector
-                // b·16 + p holds 16 rows; rows 8h.. are its second half.
-                let pv = b * 16 + p;
-                let wv = if NIB {
+            // The sums of the block's two 16-element halves (pairs 0..8 and 8..16).
+            let (mut s0, mut s1) = ([_mm256_setzero_si256(); R], [_mm256_setzero_si256(); R]);
+            // SAFETY (all loads): inside the ranges asserted above. Pair vector b·16 + p
+            // holds 16 rows; rows 8h.. are its second half.
+            let load = |pv: usize| -> __m256i {
+                if NIB {
                     // 8 bytes (rows 8h..8h + 8), each lo | hi << 4, widened to dwords and
                     // split into the two 16-bit halves, as in the AVX-512 kernel.
                     let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
@@ -111,16 +120,29 @@ unsafe fn tile<const R: usize, const NIB: bool, const OFF: bool, const W32: bool
                     _mm256_cvtepi8_epi16(_mm_loadu_si128(
                         wq.add(pv * GROUP * 2 + 2 * HALF * h) as *const _
                     ))
-                };
-                for (j, sj) in s.iter_mut().enumerate() {
-                    let pair = (xq.add(j * k + b * BLOCK + 2 * p) as *const i32).read_unaligned();
-                    *sj = _mm256_add_epi32(*sj, _mm256_madd_epi16(wv, _mm256_set1_epi32(pair)));
+                }
+            };
+            for p in 0..8 {
+                let (w0, w1) = (load(b * 16 + p), load(b * 16 + p + 8));
+                for j in 0..R {
+                    let at = xq.add(j * k + b * BLOCK + 2 * p) as *const i32;
+                    let (x0, x1) = (at.read_unaligned(), at.add(8).read_unaligned());
+                    s0[j] = _mm256_add_epi32(s0[j], _mm256_madd_epi16(w0, _mm256_set1_epi32(x0)));
+                    s1[j] = _mm256_add_epi32(s1[j], _mm256_madd_epi16(w1, _mm256_set1_epi32(x1)));
                 }
             }
-            let dw = table8(wd, b * GROUP + HALF * h);
             for j in 0..R {
-                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(*xd.add(j * nb + b)));
-                f[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[j]), scale, f[j]);
+                let da = _mm256_set1_ps(*xd.add(j * nb + b));
+                if SPLIT {
+                    for (half, sh) in [s0[j], s1[j]].into_iter().enumerate() {
+                        let dw = table8(wd, (b * 2 + half) * GROUP + HALF * h);
+                        f[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sh), _mm256_mul_ps(dw, da), f[j]);
+                    }
+                } else {
+                    let dw = table8(wd, b * GROUP + HALF * h);
+                    let sum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0[j], s1[j]));
+                    f[j] = _mm256_fmadd_ps(sum, _mm256_mul_ps(dw, da), f[j]);
+                }
                 if OFF {
                     let off = table8(wm, b * GROUP + HALF * h);
                     f[j] = _mm256_fmadd_ps(off, _mm256_set1_ps(*xs.add(j * nb + b)), f[j]);

@@ -15,31 +15,31 @@ pub(super) unsafe fn group_tile(
     rows: usize,
     acc: &mut [[f32; GROUP]; TILE_M],
 ) {
-    // One instance per tile height, so the accumulator arrays live in registers.
     // One instance per tile height and weight format, so the accumulator arrays live
     // in registers.
     macro_rules! heights {
-        ($nib:literal, $off:literal, $w32:literal) => {
+        ($nib:literal, $off:literal, $w32:literal, $split:literal) => {
             match rows {
-                8 => tile::<8, $nib, $off, $w32>(w, g, a, i0, acc),
-                7 => tile::<7, $nib, $off, $w32>(w, g, a, i0, acc),
-                6 => tile::<6, $nib, $off, $w32>(w, g, a, i0, acc),
-                5 => tile::<5, $nib, $off, $w32>(w, g, a, i0, acc),
-                4 => tile::<4, $nib, $off, $w32>(w, g, a, i0, acc),
-                3 => tile::<3, $nib, $off, $w32>(w, g, a, i0, acc),
-                2 => tile::<2, $nib, $off, $w32>(w, g, a, i0, acc),
-                1 => tile::<1, $nib, $off, $w32>(w, g, a, i0, acc),
+                8 => tile::<8, $nib, $off, $w32, $split>(w, g, a, i0, acc),
+                7 => tile::<7, $nib, $off, $w32, $split>(w, g, a, i0, acc),
+                6 => tile::<6, $nib, $off, $w32, $split>(w, g, a, i0, acc),
+                5 => tile::<5, $nib, $off, $w32, $split>(w, g, a, i0, acc),
+                4 => tile::<4, $nib, $off, $w32, $split>(w, g, a, i0, acc),
+                3 => tile::<3, $nib, $off, $w32, $split>(w, g, a, i0, acc),
+                2 => tile::<2, $nib, $off, $w32, $split>(w, g, a, i0, acc),
+                1 => tile::<1, $nib, $off, $w32, $split>(w, g, a, i0, acc),
                 _ => unreachable!("tile heights are 1..=TILE_M"),
             }
         };
     }
-    // The five layouts Packed::new makes.
-    match (w.nibbles, w.m.is_some(), w.d.single()) {
-        (false, false, false) => heights!(false, false, false),
-        (false, true, false) => heights!(false, true, false),
-        (true, true, false) => heights!(true, true, false),
-        (true, true, true) => heights!(true, true, true),
-        (false, true, true) => heights!(false, true, true),
+    // The six layouts Packed::new makes.
+    match (w.nibbles, w.m.is_some(), w.d.single(), w.split) {
+        (false, false, false, false) => heights!(false, false, false, false),
+        (false, true, false, false) => heights!(false, true, false, false),
+        (true, true, false, false) => heights!(true, true, false, false),
+        (true, true, true, false) => heights!(true, true, true, false),
+        (false, true, true, false) => heights!(false, true, true, false),
+        (false, false, true, true) => heights!(false, false, true, true),
         other => unreachable!("no packed type has the layout {other:?}"),
     }
 }
@@ -52,7 +52,13 @@ fn wb_ptr(wq: *const u8, at: usize, bytes: usize) -> *const u8 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-unsafe fn tile<const R: usize, const NIB: bool, const OFF: bool, const W32: bool>(
+unsafe fn tile<
+    const R: usize,
+    const NIB: bool,
+    const OFF: bool,
+    const W32: bool,
+    const SPLIT: bool,
+>(
     w: &Packed,
     g: usize,
     a: &Acts16,
@@ -61,11 +67,13 @@ unsafe fn tile<const R: usize, const NIB: bool, const OFF: bool, const W32: bool
 ) {
     let (nb, k, gbb) = (w.blocks(), a.k, group_block_bytes(NIB));
     let m_len = w.m.as_ref().map(|m| (m.len(), m.single()));
+    let halves = if SPLIT { 2 } else { 1 };
     assert!(
         NIB == w.nibbles
             && W32 == w.d.single()
+            && SPLIT == w.split
             && (g + 1) * nb * gbb <= w.qs.len()
-            && (g + 1) * nb * GROUP <= w.d.len()
+            && (g + 1) * nb * GROUP * halves <= w.d.len()
             && match m_len {
                 Some((n, single)) => OFF && single == W32 && (g + 1) * nb * GROUP <= n,
                 None => !OFF,
@@ -77,7 +85,7 @@ unsafe fn tile<const R: usize, const NIB: bool, const OFF: bool, const W32: bool
     let wq = w.qs.as_ptr().add(g * nb * gbb);
     // Entry i of a table: 16 f32, or 16 f16 widened by one instruction.
     let esz = if W32 { 4 } else { 2 };
-    let wd = w.d.as_ptr().add(g * nb * GROUP * esz);
+    let wd = w.d.as_ptr().add(g * nb * GROUP * halves * esz);
     let wm =
         w.m.as_ref()
             .map_or(std::ptr::null(), |m| m.as_ptr().add(g * nb * GROUP * esz));
@@ -102,29 +110,37 @@ unsafe fn tile<const R: usize, const NIB: bool, const OFF: bool, const W32: bool
     };
     let xq = a.qs.as_ptr().add(i0 * k);
     let xd = a.d.as_ptr().add(i0 * nb);
-    // Two i32 sums per row (even and odd column pairs): each `vpdpwssd` chain is 8 long
-    // per block instead of 16, so 2R independent chains hide its latency; with the R
-    // f32 sums that is 3R ≤ 24 of the 32 zmm registers.
+    // Two i32 sums per row (the block's two 16-element halves: pairs 0..8 and 8..16): each
+    // `vpdpwssd` chain is 8 long per block instead of 16, so 2R independent chains hide its
+    // latency, and Q6_K's halves take their own scales; with the R f32 sums that is
+    // 3R ≤ 24 of the 32 zmm registers.
     let mut f = [_mm512_setzero_ps(); R];
     for b in 0..nb {
         let (mut s0, mut s1) = ([_mm512_setzero_si512(); R], [_mm512_setzero_si512(); R]);
-        for p in (0..16).step_by(2) {
+        for p in 0..8 {
             // SAFETY (all loads): inside the ranges asserted above.
-            let (w0, w1) = (load_pair(b * 16 + p), load_pair(b * 16 + p + 1));
+            let (w0, w1) = (load_pair(b * 16 + p), load_pair(b * 16 + p + 8));
             for j in 0..R {
-                // Columns (b·32 + 2p, +1) of activation row i0 + j as one i32, then the
-                // next pair.
+                // Columns (b·32 + 2p, +1) of activation row i0 + j as one i32, and the pair
+                // 16 columns on.
                 let at = xq.add(j * k + b * BLOCK + 2 * p) as *const i32;
                 s0[j] = _mm512_dpwssd_epi32(s0[j], w0, _mm512_set1_epi32(at.read_unaligned()));
                 s1[j] =
-                    _mm512_dpwssd_epi32(s1[j], w1, _mm512_set1_epi32(at.add(1).read_unaligned()));
+                    _mm512_dpwssd_epi32(s1[j], w1, _mm512_set1_epi32(at.add(8).read_unaligned()));
             }
         }
-        let dw = table16(wd, b * GROUP);
         for j in 0..R {
-            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*xd.add(j * nb + b)));
-            let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j]));
-            f[j] = _mm512_fmadd_ps(sum, scale, f[j]);
+            let da = _mm512_set1_ps(*xd.add(j * nb + b));
+            if SPLIT {
+                for (half, sh) in [s0[j], s1[j]].into_iter().enumerate() {
+                    let scale = _mm512_mul_ps(table16(wd, (b * 2 + half) * GROUP), da);
+                    f[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sh), scale, f[j]);
+                }
+            } else {
+                let scale = _mm512_mul_ps(table16(wd, b * GROUP), da);
+                let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j]));
+                f[j] = _mm512_fmadd_ps(sum, scale, f[j]);
+            }
             if OFF {
                 let off = table16(wm, b * GROUP);
                 f[j] = _mm512_fmadd_ps(off, _mm512_set1_ps(*xs.add(j * nb + b)), f[j]);

@@ -1,4 +1,4 @@
-//! Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K weights repacked 16 rows at a time for an int16 × int8 matmul
+//! Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K weights repacked 16 rows at a time for an int16 × int8 matmul
 //! (AVX-512 VNNI `vpdpwssd`), every m.
 //!
 //! The row-layout kernels of [`super::dot`] dot one weight row with one activation row, so
@@ -19,8 +19,8 @@
 //! stored as bytes like Q8_0 (Q5_0 as q − 16, Q5_1 as q with its minimum as the offset):
 //! one byte per weight against the file's 0.69–0.75, for a kernel that exists. Q4_K and
 //! Q5_K are the same forms per 32-element sub-block (scale d·sc_j, offset −dmin·m_j), with
-//! f32 tables since d·sc_j is not always an f16; Q6_K's 16-element groups (two scales per 32
-//! columns) keep their own kernel ([`super::kquant`]).
+//! f32 tables since d·sc_j is not always an f16; Q6_K's 16-element groups give each block two
+//! scales, one per half (the kernels keep the halves' integer sums apart).
 //!
 //! Activations are quantised per 32-element block to **16 bits** (d = max|x| / 32767,
 //! error ≤ d/2 per element): the accuracy of the row kernels' two 8-bit planes
@@ -46,8 +46,10 @@ const GROUPS_PER_TASK: usize = 4;
 pub struct Packed {
     pub rows: usize,
     pub cols: usize,
-    /// Nibbles (Q4_0/Q4_1) rather than bytes (Q8_0, Q5_0, Q5_1).
+    /// Nibbles (Q4_0/Q4_1/Q4_K) rather than bytes (the rest).
     nibbles: bool,
+    /// A scale per 16-element half of each block (Q6_K's groups) rather than one.
+    split: bool,
     /// Bytes: [groups][blocks][16 pairs][16 rows][2] i8. Nibbles: [groups][blocks][16
     /// pairs][16 rows] bytes of two nibbles.
     qs: Vec<u8>,
@@ -112,9 +114,40 @@ impl Table {
     }
 }
 
-/// Block `j` of a (super-)block of `ty`: its scale, its offset (0 where the type has none)
-/// and its 32 integer values as stored, so that element c is scale·q[c] + offset.
-fn block_values(ty: QType, blk: &[u8], j: usize) -> (f32, f32, [i32; BLOCK]) {
+/// Block `j` of a (super-)block of `ty`: the scales of its two 16-element halves (equal but
+/// for Q6_K), its offset (0 where the type has none) and its 32 integer values as stored,
+/// so that element c is scale[c / 16]·q[c] + offset.
+fn block_values(ty: QType, blk: &[u8], j: usize) -> ([f32; 2], f32, [i32; BLOCK]) {
+    if ty == QType::Q6K {
+        return q6k_block(blk, j);
+    }
+    let (scale, off, q) = block_values_one_scale(ty, blk, j);
+    ([scale; 2], off, q)
+}
+
+/// Q6_K's block j (0..8) of 32: elements 32j..32j + 32 of the super-block, q − 32 from the
+/// low 4 bits in ql and 2 high bits in qh, the 16-element groups' scales d·sc[2j], d·sc[2j+1]
+/// (the dequantiser's layout, `gguf::quant_k::q6_k`).
+fn q6k_block(blk: &[u8], j: usize) -> ([f32; 2], f32, [i32; BLOCK]) {
+    let d = f16::from_le_bytes([blk[208], blk[209]]).to_f32();
+    let (h, k) = (j / 4, j % 4);
+    let (ql, qh) = (
+        &blk[64 * h..64 * h + 64],
+        &blk[128 + 32 * h..128 + 32 * h + 32],
+    );
+    let mut q = [0i32; BLOCK];
+    for (l, v) in q.iter_mut().enumerate() {
+        // k = 0..4: (ql[l], low nibble), (ql[l + 32], low), (ql[l], high), (ql[l + 32], high),
+        // with qh[l]'s bit pairs 0–1, 2–3, 4–5, 6–7.
+        let byte = ql[l + 32 * (k % 2)];
+        let low = if k < 2 { byte & 15 } else { byte >> 4 };
+        *v = (low | ((qh[l] >> (2 * k)) & 3) << 4) as i32 - 32;
+    }
+    let sc = |i: usize| d * blk[192 + i] as i8 as f32;
+    ([sc(2 * j), sc(2 * j + 1)], 0.0, q)
+}
+
+fn block_values_one_scale(ty: QType, blk: &[u8], j: usize) -> (f32, f32, [i32; BLOCK]) {
     let f16_at = |at: usize| f16::from_le_bytes([blk[at], blk[at + 1]]).to_f32();
     // Element c of Q4-style nibbles: c < 16 in the low nibble of byte c, else the high
     // nibble of byte c − 16.
@@ -176,7 +209,7 @@ fn block_values(ty: QType, blk: &[u8], j: usize) -> (f32, f32, [i32; BLOCK]) {
             }
             (d * sc, -(dmin * m), q)
         }
-        QType::Q6K => unreachable!("Q6_K has no packed layout"),
+        QType::Q6K => unreachable!("Q6_K is read by q6k_block"),
     }
 }
 
@@ -190,18 +223,18 @@ fn group_block_bytes(nibbles: bool) -> usize {
 }
 
 impl Packed {
-    /// Repacks a Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K or Q5_K matrix (None for Q6_K, whose
-    /// 16-element groups have two scales per 32 columns).
+    /// Repacks a matrix of any kept type.
     pub fn new(w: &QuantMatrix) -> Option<Packed> {
-        // (nibble layout, offset, single-precision tables)
-        let (nibbles, offset, single) = match w.ty {
-            QType::Q8_0 | QType::Q5_0 => (false, false, false),
-            QType::Q5_1 => (false, true, false),
-            QType::Q4_0 | QType::Q4_1 => (true, true, false),
-            QType::Q4K => (true, true, true),
-            QType::Q5K => (false, true, true),
-            QType::Q6K => return None,
+        // (nibble layout, offset, single-precision tables, a scale per 16-element half)
+        let (nibbles, offset, single, split) = match w.ty {
+            QType::Q8_0 | QType::Q5_0 => (false, false, false, false),
+            QType::Q5_1 => (false, true, false, false),
+            QType::Q4_0 | QType::Q4_1 => (true, true, false, false),
+            QType::Q4K => (true, true, true, false),
+            QType::Q5K => (false, true, true, false),
+            QType::Q6K => (false, false, true, true),
         };
+        let halves = if split { 2 } else { 1 };
         let (rows, cols) = (w.rows, w.cols);
         let (groups, nb, gbb) = (
             rows.div_ceil(GROUP),
@@ -209,7 +242,8 @@ impl Packed {
             group_block_bytes(nibbles),
         );
         let mut qs = vec![0u8; groups * nb * gbb];
-        let mut d = Table::zeros(single, groups * nb * GROUP);
+        // Split: [groups][blocks][2 halves][16 rows].
+        let mut d = Table::zeros(single, groups * nb * GROUP * halves);
         let mut m = offset.then(|| Table::zeros(single, groups * nb * GROUP));
         let (bb, per) = (w.ty.block_bytes(), w.ty.block_elems() / BLOCK);
         for r in 0..rows {
@@ -218,7 +252,9 @@ impl Packed {
                 for j in 0..per {
                     let (scale, off, q) = block_values(w.ty, blk, j);
                     let gb = g * nb + sb * per + j;
-                    d.set(gb * GROUP + lane, scale);
+                    for (half, &sc) in scale.iter().enumerate().take(halves) {
+                        d.set((gb * halves + half) * GROUP + lane, sc);
+                    }
                     if let Some(m) = &mut m {
                         m.set(gb * GROUP + lane, off);
                     }
@@ -239,6 +275,7 @@ impl Packed {
             rows,
             cols,
             nibbles,
+            split,
             qs,
             d,
             m,
@@ -394,12 +431,20 @@ fn group_tile_portable(
             let xq = &a.qs[i * k + b * BLOCK..i * k + (b + 1) * BLOCK];
             let da = a.d[i * nb + b];
             for (r, v) in accj.iter_mut().enumerate() {
-                let mut s = 0i32;
+                // The sums of the two 16-element halves (pairs 0..8 and 8..16).
+                let mut s = [0i32; 2];
                 for p in 0..16 {
                     let (q0, q1) = pair(wq, p, r);
-                    s += q0 * xq[2 * p] as i32 + q1 * xq[2 * p + 1] as i32;
+                    s[p / 8] += q0 * xq[2 * p] as i32 + q1 * xq[2 * p + 1] as i32;
                 }
-                *v = (s as f32).mul_add(w.d.get(gb * GROUP + r) * da, *v);
+                if w.split {
+                    for (half, &sh) in s.iter().enumerate() {
+                        let dw = w.d.get((gb * 2 + half) * GROUP + r);
+                        *v = (sh as f32).mul_add(dw * da, *v);
+                    }
+                } else {
+                    *v = ((s[0] + s[1]) as f32).mul_add(w.d.get(gb * GROUP + r) * da, *v);
+                }
                 if let Some(m) = &w.m {
                     *v = m.get(gb * GROUP + r).mul_add(a.dsum[i * nb + b], *v);
                 }
