@@ -9,7 +9,10 @@ use cmt_runtime::quant::dot::{DotKernel, SimdLevel};
 use cmt_runtime::quant::matmul::{matmul_dequant_gemm, matmul_int8};
 use cmt_runtime::quant::packed::{packed_matmul_nt, Packed};
 use cmt_runtime::quant::{QType, QuantMatrix};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use half::f16;
 use std::hint::black_box;
 use std::time::Duration;
@@ -36,6 +39,27 @@ fn matrix(ty: QType, rows: usize, cols: usize) -> QuantMatrix {
         data.extend(b);
     }
     QuantMatrix::new(ty, rows, cols, data).expect("sizes are whole blocks")
+}
+
+/// The packed kernel of `w` at each SIMD level this CPU runs, on m activation rows.
+fn bench_packed(
+    g: &mut BenchmarkGroup<WallTime>,
+    name: &str,
+    w: &QuantMatrix,
+    x: &[f32],
+    out: &mut [f32],
+    m: usize,
+) {
+    let p = Packed::new(w);
+    for level in [SimdLevel::Avx2, SimdLevel::Avx512Vnni] {
+        let Some(kern) = DotKernel::new(level) else {
+            continue;
+        };
+        let id = BenchmarkId::new(format!("{name}/packed_{level:?}"), m);
+        g.bench_function(id, |b| {
+            b.iter(|| packed_matmul_nt(black_box(x), &p, None, out, m, kern))
+        });
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -73,17 +97,7 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| matmul_int8(kern, black_box(&x), &w, None, &mut out, 1))
             });
         }
-        if let Some(p) = Packed::new(&w) {
-            for level in [SimdLevel::Avx2, SimdLevel::Avx512Vnni] {
-                let Some(kern) = DotKernel::new(level) else {
-                    continue;
-                };
-                let id = BenchmarkId::new(format!("{name}/packed_{level:?}"), 1);
-                g.bench_function(id, |b| {
-                    b.iter(|| packed_matmul_nt(black_box(&x), &p, None, &mut out, 1, kern))
-                });
-            }
-        }
+        bench_packed(&mut g, name, &w, &x, &mut out, 1);
         let mut wf = vec![0.0f32; n * k];
         w.dequantize_rows(0, n, &mut wf);
         g.throughput(Throughput::Bytes((n * k * 4) as u64));
@@ -116,17 +130,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new(format!("{name}/f32"), 128), |b| {
             b.iter(|| matmul_nt(black_box(&x), &wf, None, &mut out, 128, n, k))
         });
-        if let Some(p) = Packed::new(&w) {
-            for level in [SimdLevel::Avx2, SimdLevel::Avx512Vnni] {
-                let Some(kern) = DotKernel::new(level) else {
-                    continue;
-                };
-                let id = BenchmarkId::new(format!("{name}/packed_{level:?}"), 128);
-                g.bench_function(id, |b| {
-                    b.iter(|| packed_matmul_nt(black_box(&x), &p, None, &mut out, 128, kern))
-                });
-            }
-        }
+        bench_packed(&mut g, name, &w, &x, &mut out, 128);
     }
     g.finish();
 }

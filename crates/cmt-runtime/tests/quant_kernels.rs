@@ -446,7 +446,7 @@ mod packed {
         let k = nb * BLOCK;
         let w = random_matrix(ty, n, k, seed);
         let wf = dequantized(&w);
-        let p = Packed::new(&w).unwrap();
+        let p = Packed::new(&w);
         let x = random_acts(m * k, seed + 1);
         let bias = random_acts(n, seed + 2);
         let acts = Acts16::quantize(&x, m, k);
@@ -520,7 +520,7 @@ mod packed {
             data.extend([0x80u8; BLOCK]);
         }
         let w = QuantMatrix::new(QType::Q8_0, n, k, data).unwrap();
-        let p = Packed::new(&w).unwrap();
+        let p = Packed::new(&w);
         let x = vec![2.5f32; 3 * k];
         for kernel in levels() {
             let mut got = vec![0.0; 3 * n];

@@ -251,24 +251,23 @@ impl QuantMatrix {
         })
     }
 
-    /// Adds the packed copy the 16-bit-activation kernel reads, where this CPU runs it and
-    /// the type has one (every kept type); returns whether it did.
+    /// Adds the packed copy the 16-bit-activation kernels read, where this CPU runs one (a
+    /// SIMD level); returns whether it did.
     pub fn pack(&mut self) -> bool {
         if dot::DotKernel::best().level() == dot::SimdLevel::Portable {
             return false;
         }
-        self.packed = packed::Packed::new(self).map(Arc::new);
-        if self.packed.is_some() {
-            // Only the row kernels read these tables, and a packed matrix never reaches them.
-            self.scales = Vec::new();
-            self.mins = Vec::new();
-            self.ksm = Vec::new();
-        }
+        self.packed = Some(Arc::new(packed::Packed::new(self)));
+        // Only the row kernels read these tables, and a packed matrix never reaches them.
+        self.scales = Vec::new();
+        self.mins = Vec::new();
+        self.ksm = Vec::new();
         #[cfg(unix)]
-        if let (Some(_), Blocks::Mapped(map, range)) = (&self.packed, &self.data) {
-            // Packing read every page of the blocks; from now on only embedding lookups read
-            // them (a few rows a step), so hand the pages back instead of holding two copies
-            // in the resident set. Advice only: an error changes nothing.
+        if let Blocks::Mapped(map, range) = &self.data {
+            // Packing read every page of the blocks; from now on only embedding lookups (a
+            // few rows a step) and, on AVX2 CPUs, prefill's dequantised tiles read them, so
+            // hand the pages back instead of holding two copies in the resident set. Advice
+            // only: an error changes nothing.
             // SAFETY: `map` is a read-only file mapping (`Mmap`, never written): a dropped
             // page is read from the file again on its next access, so every borrow of the map
             // keeps seeing the same bytes.
@@ -280,7 +279,7 @@ impl QuantMatrix {
                 )
             };
         }
-        self.packed.is_some()
+        true
     }
 
     pub fn row_bytes(&self) -> usize {

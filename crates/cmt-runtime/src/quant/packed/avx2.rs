@@ -22,30 +22,22 @@ pub(super) unsafe fn group_tile(
 ) {
     // At most 4 activation rows at a time: 4 i32 + 4 f32 accumulators and the weights fit
     // the 16 ymm registers.
-    macro_rules! heights {
-        ($r:expr, $at:expr, $nib:literal, $off:literal, $w32:literal, $split:literal) => {
-            match $r {
-                4 => tile::<4, $nib, $off, $w32, $split>(w, g, a, i0 + $at, &mut acc[$at..]),
-                3 => tile::<3, $nib, $off, $w32, $split>(w, g, a, i0 + $at, &mut acc[$at..]),
-                2 => tile::<2, $nib, $off, $w32, $split>(w, g, a, i0 + $at, &mut acc[$at..]),
-                1 => tile::<1, $nib, $off, $w32, $split>(w, g, a, i0 + $at, &mut acc[$at..]),
-                _ => unreachable!("sub-tiles are 1..=4 rows"),
-            }
-        };
-    }
     let mut at = 0;
     while at < rows {
         let r = (rows - at).min(4);
-        // The six layouts Packed::new makes.
-        match (w.nibbles, w.m.is_some(), w.d.single(), w.split) {
-            (false, false, false, false) => heights!(r, at, false, false, false, false),
-            (false, true, false, false) => heights!(r, at, false, true, false, false),
-            (true, true, false, false) => heights!(r, at, true, true, false, false),
-            (true, true, true, false) => heights!(r, at, true, true, true, false),
-            (false, true, true, false) => heights!(r, at, false, true, true, false),
-            (false, false, true, true) => heights!(r, at, false, false, true, true),
-            other => unreachable!("no packed type has the layout {other:?}"),
+        let acc = &mut acc[at..];
+        macro_rules! heights {
+            ($nib:literal, $off:literal, $w32:literal, $split:literal) => {
+                match r {
+                    4 => tile::<4, $nib, $off, $w32, $split>(w, g, a, i0 + at, acc),
+                    3 => tile::<3, $nib, $off, $w32, $split>(w, g, a, i0 + at, acc),
+                    2 => tile::<2, $nib, $off, $w32, $split>(w, g, a, i0 + at, acc),
+                    1 => tile::<1, $nib, $off, $w32, $split>(w, g, a, i0 + at, acc),
+                    _ => unreachable!("sub-tiles are 1..=4 rows"),
+                }
+            };
         }
+        for_layout!(w, heights);
         at += r;
     }
 }
@@ -66,21 +58,9 @@ unsafe fn tile<
     acc: &mut [[f32; GROUP]],
 ) {
     let (nb, k, gbb) = (w.blocks(), a.k, group_block_bytes(NIB));
-    let m_len = w.m.as_ref().map(|m| (m.len(), m.single()));
     let halves = if SPLIT { 2 } else { 1 };
     assert!(
-        NIB == w.nibbles
-            && W32 == w.d.single()
-            && SPLIT == w.split
-            && acc.len() >= R
-            && (g + 1) * nb * gbb <= w.qs.len()
-            && (g + 1) * nb * GROUP * halves <= w.d.len()
-            && match m_len {
-                Some((n, single)) => OFF && single == W32 && (g + 1) * nb * GROUP <= n,
-                None => !OFF,
-            }
-            && (i0 + R) * k <= a.qs.len()
-            && (i0 + R) * nb <= a.d.len(),
+        acc.len() >= R && w.tile_fits((NIB, OFF, W32, SPLIT), g, a, i0, R),
         "packed tile out of range"
     );
     let esz = if W32 { 4 } else { 2 };

@@ -32,16 +32,7 @@ pub(super) unsafe fn group_tile(
             }
         };
     }
-    // The six layouts Packed::new makes.
-    match (w.nibbles, w.m.is_some(), w.d.single(), w.split) {
-        (false, false, false, false) => heights!(false, false, false, false),
-        (false, true, false, false) => heights!(false, true, false, false),
-        (true, true, false, false) => heights!(true, true, false, false),
-        (true, true, true, false) => heights!(true, true, true, false),
-        (false, true, true, false) => heights!(false, true, true, false),
-        (false, false, true, true) => heights!(false, false, true, true),
-        other => unreachable!("no packed type has the layout {other:?}"),
-    }
+    for_layout!(w, heights)
 }
 
 /// The `bytes`-long pair vector number `at` of a group's blocks.
@@ -66,20 +57,9 @@ unsafe fn tile<
     acc: &mut [[f32; GROUP]; TILE_M],
 ) {
     let (nb, k, gbb) = (w.blocks(), a.k, group_block_bytes(NIB));
-    let m_len = w.m.as_ref().map(|m| (m.len(), m.single()));
     let halves = if SPLIT { 2 } else { 1 };
     assert!(
-        NIB == w.nibbles
-            && W32 == w.d.single()
-            && SPLIT == w.split
-            && (g + 1) * nb * gbb <= w.qs.len()
-            && (g + 1) * nb * GROUP * halves <= w.d.len()
-            && match m_len {
-                Some((n, single)) => OFF && single == W32 && (g + 1) * nb * GROUP <= n,
-                None => !OFF,
-            }
-            && (i0 + R) * k <= a.qs.len()
-            && (i0 + R) * nb <= a.d.len(),
+        w.tile_fits((NIB, OFF, W32, SPLIT), g, a, i0, R),
         "packed tile out of range"
     );
     let wq = w.qs.as_ptr().add(g * nb * gbb);

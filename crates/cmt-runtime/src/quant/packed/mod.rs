@@ -1,5 +1,6 @@
-//! Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K weights repacked 16 rows at a time for an int16 × int8 matmul
-//! (AVX-512 VNNI `vpdpwssd`), every m.
+//! Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K weights repacked 16 rows at a time
+//! for an int16 × int8 matmul: AVX-512 VNNI (`vpdpwssd`, [`avx512`]), AVX2 (`vpmaddwd`,
+//! [`avx2`]) and a portable reference, all giving the same bits.
 //!
 //! The row-layout kernels of [`super::dot`] dot one weight row with one activation row, so
 //! each integer block sum ends in a horizontal reduction and an f32 step per (row, row,
@@ -40,8 +41,8 @@ pub const TILE_M: usize = 8;
 /// Weight groups per rayon task.
 const GROUPS_PER_TASK: usize = 4;
 
-/// A Q8_0, Q4_0 or Q4_1 matrix in 16-row interleaved groups (rows padded to a multiple of
-/// 16 with zeros).
+/// A quantised matrix in 16-row interleaved groups (rows padded to a multiple of 16 with
+/// zeros).
 #[derive(Debug, Clone)]
 pub struct Packed {
     pub rows: usize,
@@ -118,47 +119,17 @@ impl Table {
 /// for Q6_K), its offset (0 where the type has none) and its 32 integer values as stored,
 /// so that element c is scale[c / 16]·q[c] + offset.
 fn block_values(ty: QType, blk: &[u8], j: usize) -> ([f32; 2], f32, [i32; BLOCK]) {
-    if ty == QType::Q6K {
-        return q6k_block(blk, j);
-    }
-    let (scale, off, q) = block_values_one_scale(ty, blk, j);
-    ([scale; 2], off, q)
-}
-
-/// Q6_K's block j (0..8) of 32: elements 32j..32j + 32 of the super-block, q − 32 from the
-/// low 4 bits in ql and 2 high bits in qh, the 16-element groups' scales d·sc[2j], d·sc[2j+1]
-/// (the dequantiser's layout, `gguf::quant_k::q6_k`).
-fn q6k_block(blk: &[u8], j: usize) -> ([f32; 2], f32, [i32; BLOCK]) {
-    let d = f16::from_le_bytes([blk[208], blk[209]]).to_f32();
-    let (h, k) = (j / 4, j % 4);
-    let (ql, qh) = (
-        &blk[64 * h..64 * h + 64],
-        &blk[128 + 32 * h..128 + 32 * h + 32],
-    );
-    let mut q = [0i32; BLOCK];
-    for (l, v) in q.iter_mut().enumerate() {
-        // k = 0..4: (ql[l], low nibble), (ql[l + 32], low), (ql[l], high), (ql[l + 32], high),
-        // with qh[l]'s bit pairs 0–1, 2–3, 4–5, 6–7.
-        let byte = ql[l + 32 * (k % 2)];
-        let low = if k < 2 { byte & 15 } else { byte >> 4 };
-        *v = (low | ((qh[l] >> (2 * k)) & 3) << 4) as i32 - 32;
-    }
-    let sc = |i: usize| d * blk[192 + i] as i8 as f32;
-    ([sc(2 * j), sc(2 * j + 1)], 0.0, q)
-}
-
-fn block_values_one_scale(ty: QType, blk: &[u8], j: usize) -> (f32, f32, [i32; BLOCK]) {
     let f16_at = |at: usize| f16::from_le_bytes([blk[at], blk[at + 1]]).to_f32();
     // Element c of Q4-style nibbles: c < 16 in the low nibble of byte c, else the high
     // nibble of byte c − 16.
     let nib = |qb: &[u8], c: usize| (if c < 16 { qb[c] & 15 } else { qb[c - 16] >> 4 }) as i32;
     let mut q = [0i32; BLOCK];
-    match ty {
+    let (scale, off) = match ty {
         QType::Q8_0 => {
             for (c, v) in q.iter_mut().enumerate() {
                 *v = blk[2 + c] as i8 as i32;
             }
-            (f16_at(0), 0.0, q)
+            (f16_at(0), 0.0)
         }
         QType::Q4_0 | QType::Q4_1 => {
             let (qb, d) = (&blk[if ty == QType::Q4_1 { 4 } else { 2 }..], f16_at(0));
@@ -170,7 +141,7 @@ fn block_values_one_scale(ty: QType, blk: &[u8], j: usize) -> (f32, f32, [i32; B
             } else {
                 -8.0 * d
             };
-            (d, off, q)
+            (d, off)
         }
         // 32 fifth bits (bit c: element c), then the low nibbles as Q4's.
         QType::Q5_0 | QType::Q5_1 => {
@@ -181,7 +152,7 @@ fn block_values_one_scale(ty: QType, blk: &[u8], j: usize) -> (f32, f32, [i32; B
                 *v = (nib(&blk[o + 4..], c) | (((qh >> c) & 1) as i32) << 4) - bias;
             }
             let off = if ty == QType::Q5_1 { f16_at(2) } else { 0.0 };
-            (f16_at(0), off, q)
+            (f16_at(0), off)
         }
         // Sub-block j of a 256-element super-block: d·sc_j·q − dmin·m_j, the low nibbles of
         // bytes 32·(j/2).. for even j, the high ones for odd j (Q5_K: plus bit j of qh[l]).
@@ -207,10 +178,52 @@ fn block_values_one_scale(ty: QType, blk: &[u8], j: usize) -> (f32, f32, [i32; B
                 };
                 *v = low | high << 4;
             }
-            (d * sc, -(dmin * m), q)
+            (d * sc, -(dmin * m))
         }
-        QType::Q6K => unreachable!("Q6_K is read by q6k_block"),
+        QType::Q6K => return q6k_block(blk, j),
+    };
+    ([scale; 2], off, q)
+}
+
+/// Q6_K's block j (0..8) of 32: elements 32j..32j + 32 of the super-block, q − 32 from the
+/// low 4 bits in ql and 2 high bits in qh, the 16-element groups' scales d·sc[2j], d·sc[2j+1]
+/// (the dequantiser's layout, `gguf::quant_k::q6_k`).
+fn q6k_block(blk: &[u8], j: usize) -> ([f32; 2], f32, [i32; BLOCK]) {
+    let d = f16::from_le_bytes([blk[208], blk[209]]).to_f32();
+    let (h, k) = (j / 4, j % 4);
+    let (ql, qh) = (
+        &blk[64 * h..64 * h + 64],
+        &blk[128 + 32 * h..128 + 32 * h + 32],
+    );
+    let mut q = [0i32; BLOCK];
+    for (l, v) in q.iter_mut().enumerate() {
+        // k = 0..4: (ql[l], low nibble), (ql[l + 32], low), (ql[l], high), (ql[l + 32], high),
+        // with qh[l]'s bit pairs 0–1, 2–3, 4–5, 6–7.
+        let byte = ql[l + 32 * (k % 2)];
+        let low = if k < 2 { byte & 15 } else { byte >> 4 };
+        *v = (low | ((qh[l] >> (2 * k)) & 3) << 4) as i32 - 32;
     }
+    let sc = |i: usize| d * blk[192 + i] as i8 as f32;
+    ([sc(2 * j), sc(2 * j + 1)], 0.0, q)
+}
+
+/// See [`Packed::layout`].
+type Layout = (bool, bool, bool, bool);
+
+/// `$tile!(nibbles, offset, single, split)` with `$w`'s layout as literals, so that each
+/// SIMD tile is instantiated per layout: the six that [`Packed::new`] makes.
+macro_rules! for_layout {
+    ($w:expr, $tile:ident) => {
+        match $w.layout() {
+            (false, false, false, false) => $tile!(false, false, false, false),
+            (false, true, false, false) => $tile!(false, true, false, false),
+            (true, true, false, false) => $tile!(true, true, false, false),
+            (true, true, true, false) => $tile!(true, true, true, false),
+            (false, true, true, false) => $tile!(false, true, true, false),
+            (false, false, true, true) => $tile!(false, false, true, true),
+            other => unreachable!("no packed type has the layout {other:?}"),
+        }
+    };
 }
 
 /// Bytes of one group's block in the packed layout.
@@ -223,8 +236,8 @@ fn group_block_bytes(nibbles: bool) -> usize {
 }
 
 impl Packed {
-    /// Repacks a matrix of any kept type.
-    pub fn new(w: &QuantMatrix) -> Option<Packed> {
+    /// Repacks a matrix (every kept type has a packed form).
+    pub fn new(w: &QuantMatrix) -> Packed {
         // (nibble layout, offset, single-precision tables, a scale per 16-element half)
         let (nibbles, offset, single, split) = match w.ty {
             QType::Q8_0 | QType::Q5_0 => (false, false, false, false),
@@ -271,7 +284,7 @@ impl Packed {
                 }
             }
         }
-        Some(Packed {
+        Packed {
             rows,
             cols,
             nibbles,
@@ -279,7 +292,31 @@ impl Packed {
             qs,
             d,
             m,
-        })
+        }
+    }
+
+    /// (nibbles, offset, single-precision tables, split scales): what the SIMD tiles are
+    /// instantiated on ([`for_layout`]).
+    fn layout(&self) -> Layout {
+        (self.nibbles, self.m.is_some(), self.d.single(), self.split)
+    }
+
+    /// Whether a SIMD tile built for `layout` may read group `g` and activation rows
+    /// i0..i0 + rows of `a`: the layout is this matrix's and every table, weight and
+    /// activation index it forms is in range (the tiles assert this before any load).
+    fn tile_fits(&self, layout: Layout, g: usize, a: &Acts16, i0: usize, rows: usize) -> bool {
+        let (nb, k) = (self.blocks(), a.k);
+        let halves = if self.split { 2 } else { 1 };
+        layout == self.layout()
+            && (g + 1) * nb * group_block_bytes(self.nibbles) <= self.qs.len()
+            && (g + 1) * nb * GROUP * halves <= self.d.len()
+            && self
+                .m
+                .as_ref()
+                .is_none_or(|m| (g + 1) * nb * GROUP <= m.len())
+            && (i0 + rows) * k <= a.qs.len()
+            && (i0 + rows) * nb <= a.d.len()
+            && (i0 + rows) * nb <= a.dsum.len()
     }
 
     pub fn bytes(&self) -> usize {
