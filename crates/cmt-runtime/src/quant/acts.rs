@@ -20,6 +20,26 @@ pub struct QuantActs {
     pub residual: Option<Box<QuantActs>>,
 }
 
+/// Quantises one block symmetrically to integers in ±`qmax`: d = max|x| / qmax and
+/// q_i = x_i / d rounded half away from zero, each handed to `put(i, q_i)`; returns (d, Σq).
+#[inline]
+pub(crate) fn quantize_block(xs: &[f32], qmax: i32, mut put: impl FnMut(usize, i32)) -> (f32, i32) {
+    let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / qmax as f32;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut s = 0i32;
+    for (i, &v) in xs.iter().enumerate() {
+        // Round half away from zero, as `f32::round`, but inline: `round` is a libm call on
+        // baseline x86-64 (5 % of decode). The cast truncates toward zero. |v·id| ≤ qmax up
+        // to rounding of id; clamp so a rounding up never wraps.
+        let t = v * id;
+        let q = ((t + 0.5f32.copysign(t)) as i32).clamp(-qmax, qmax);
+        put(i, q);
+        s += q;
+    }
+    (d, s)
+}
+
 /// One activation row, as the dot kernels read it.
 #[derive(Debug, Clone, Copy)]
 pub struct ActRow<'a> {
@@ -50,19 +70,7 @@ impl QuantActs {
             .zip(a.qs.chunks_exact_mut(BLOCK))
             .enumerate()
         {
-            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut s = 0i32;
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                // Round half away from zero, as `f32::round`, but inline: `round` is a libm
-                // call on baseline x86-64 (5 % of decode). The cast truncates toward zero.
-                // |v·id| ≤ 127 up to rounding of id; clamp so a rounding up never wraps.
-                let t = v * id;
-                let r = ((t + 0.5f32.copysign(t)) as i32).clamp(-127, 127) as i8;
-                *q = r;
-                s += r as i32;
-            }
+            let (d, s) = quantize_block(xs, 127, |i, q| qs[i] = q as i8);
             a.d[b] = d;
             a.sum[b] = s;
             a.dsum[b] = d * s as f32;

@@ -27,6 +27,7 @@
 //! error ≤ d/2 per element): the accuracy of the row kernels' two 8-bit planes
 //! (d₁/508 with d₁ = max|x|/127, i.e. max|x|/64516) in one operand. A block's integer sum
 //! is at most 32 · 128 · 32767 < 2³¹: no overflow.
+use super::acts::quantize_block;
 use super::dot::{DotKernel, SimdLevel};
 use super::{QType, QuantMatrix, BLOCK};
 use crate::backend::cpu::matmul::SendPtr;
@@ -357,17 +358,7 @@ impl Acts16 {
             .zip(a.qs.chunks_exact_mut(BLOCK))
             .enumerate()
         {
-            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 32767.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                // Half away from zero, inline (see `QuantActs::quantize`); the clamp keeps a
-                // rounding of id upwards from wrapping.
-                let t = v * id;
-                *q = ((t + 0.5f32.copysign(t)) as i32).clamp(-32767, 32767) as i16;
-                sum += *q as i32;
-            }
+            let (d, sum) = quantize_block(xs, 32767, |i, q| qs[i] = q as i16);
             a.d[b] = d;
             a.dsum[b] = d * sum as f32;
         }
