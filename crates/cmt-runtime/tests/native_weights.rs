@@ -107,6 +107,28 @@ fn greedy_continuations_agree_with_hf_for_16_tokens() {
     }
 }
 
+/// Prefill's own check. Where prefill runs the packed kernel (AVX-512 VNNI CPUs: 16-bit
+/// activations, each row quantised on its own) it equals token by token up to summation
+/// order, and both carry the activation rounding. Elsewhere prefill dequantises tiles to
+/// the exact f32 values and meets `exact` (the f32 path's figure, `what`) to 1e-4.
+fn assert_prefill_path(m: &Model<CpuBackend>, prefill: f64, stepwise: f64, exact: f64, what: &str) {
+    let packed = m.weights.layers[0]
+        .w_up
+        .quant()
+        .is_some_and(|q| q.packed.is_some());
+    if packed && prefill_reads_packed() {
+        assert!(
+            (prefill - stepwise).abs() <= 1e-5,
+            "packed prefill {prefill} vs token by token {stepwise}"
+        );
+    } else {
+        assert!(
+            (prefill - exact).abs() <= 1e-4,
+            "prefill {prefill} vs {what} {exact}"
+        );
+    }
+}
+
 #[test]
 fn perplexity_within_one_percent_of_hf() {
     let fx = require!(Fixtures::load(), "../shared fixtures");
@@ -119,22 +141,7 @@ fn perplexity_within_one_percent_of_hf() {
     eprintln!(
         "ppl loss: HF {hf:.6}, native prefill {prefill:.6}, native token by token {stepwise:.6}"
     );
-    // AVX-512 VNNI CPUs run every Q4_1/Q8_0 matmul on the packed kernel (16-bit
-    // activations, each row quantised on its own): prefill equals token by token up to
-    // summation order. Elsewhere prefill dequantises tiles to the exact f32 values: the f32
-    // path's tolerance.
-    let packed = m.weights.layers[0]
-        .w_up
-        .quant()
-        .is_some_and(|q| q.packed.is_some());
-    if packed && prefill_reads_packed() {
-        assert!(
-            (prefill - stepwise).abs() <= 1e-5,
-            "packed prefill {prefill} vs token by token {stepwise}"
-        );
-    } else {
-        assert!((prefill - hf).abs() <= 1e-4, "prefill {prefill} vs HF {hf}");
-    }
+    assert_prefill_path(m, prefill, stepwise, hf, "HF");
     for (what, v) in [("prefill", prefill), ("token by token", stepwise)] {
         assert!((v - hf).abs() <= 0.01 * hf, "{what} {v} vs HF {hf}");
     }
@@ -177,25 +184,7 @@ fn q8_0_copy_within_0_2_percent_of_the_f32_path() {
         "Q8_0 copy ppl loss: f32 path {reference:.6} (HF on the Q4_1 weights {:.6}), native prefill {prefill:.6}, token by token {stepwise:.6}",
         fx.f32("ppl.loss").0[0]
     );
-    // Where the CPU has AVX-512 VNNI, every Q8_0 matmul (prefill too) runs the packed
-    // kernel on 16-bit activations, each row quantised on its own: prefill then agrees with
-    // token by token up to summation order, and both carry the activation rounding. Elsewhere
-    // prefill dequantises tiles to the f32 path's exact values.
-    let packed = m.weights.layers[0]
-        .w_up
-        .quant()
-        .is_some_and(|q| q.packed.is_some());
-    if packed && prefill_reads_packed() {
-        assert!(
-            (prefill - stepwise).abs() <= 1e-5,
-            "packed prefill {prefill} vs token by token {stepwise}"
-        );
-    } else {
-        assert!(
-            (prefill - reference).abs() <= 1e-4,
-            "prefill {prefill} vs f32 {reference}"
-        );
-    }
+    assert_prefill_path(&m, prefill, stepwise, reference, "f32");
     for (what, v) in [("prefill", prefill), ("token by token", stepwise)] {
         assert!(
             (v - reference).abs() <= 0.002 * reference,
