@@ -1,22 +1,17 @@
 //! `cmt bench`: prefill and decode tokens/s of this build on this machine.
-use super::model_arg;
+use super::model_arg::{self, WeightsArg};
 use anyhow::{Context, Result};
 use clap::Args;
 use cmt_runtime::bench::{measure, BenchOptions};
 use cmt_runtime::device::DeviceChoice;
-use cmt_runtime::WeightFormat;
 
 #[derive(Args)]
 pub struct BenchArgs {
     /// GGUF file or HF model directory (default: the default model, fetched if absent).
     #[arg(long)]
     model: Option<std::path::PathBuf>,
-    /// How the weight matrices are held while running: `native` keeps a GGUF's
-    /// Q8_0/Q4_0/Q4_1 blocks (int8 dot products; other types load as f32), `f32`
-    /// dequantises everything (the golden path), `bf16` stores every matrix as bf16 (half
-    /// of f32's bytes; exact for bf16 checkpoints).
-    #[arg(long, default_value = "native")]
-    weights: WeightFormat,
+    #[command(flatten)]
+    weights: WeightsArg,
     /// Prompt tokens prefilled in one step (a fixed id sequence, tokenizer-independent).
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
@@ -37,7 +32,7 @@ pub struct BenchArgs {
 pub fn run(a: BenchArgs, device: DeviceChoice) -> Result<()> {
     let backend = super::device::model_backend(device)?;
     let path = model_arg::resolve(a.model)?;
-    let (model, _tok) = cmt_runtime::load_model_as(&path, backend, a.weights)
+    let (model, _tok) = cmt_runtime::load_model_as(&path, backend, a.weights.format)
         .with_context(|| format!("loading {}", path.display()))?;
     let opts = BenchOptions {
         prompt_tokens: a.prompt_tokens,
@@ -56,7 +51,7 @@ pub fn run(a: BenchArgs, device: DeviceChoice) -> Result<()> {
         );
     }
     let r = measure(&model, &opts)?;
-    let weights = a.weights.to_string();
+    let weights = a.weights.format.to_string();
     let threads = rayon::current_num_threads();
     // What the format gave on this file (native falls back to f32 for types it does not
     // keep): the bytes a decode step reads, against the all-f32 figure.

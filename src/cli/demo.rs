@@ -2,13 +2,12 @@
 //! (bundled, so no pretrained model can know them) go into a fresh memory bank; then each
 //! bundled question is answered closed-book and with memory, side by side, and the run
 //! ends with a count of correct answers for both. It prints what the model says.
-use super::model_arg;
+use super::model_arg::{self, WeightsArg};
 use anyhow::{Context, Result};
 use clap::Args;
 use cmt_core::data::{read_documents_from, Question};
 use cmt_core::metrics::normalize_answer;
 use cmt_core::{AskOptions, Cmt, IngestOptions};
-use cmt_runtime::WeightFormat;
 use std::path::PathBuf;
 
 const DOCUMENTS: &str = include_str!("../../assets/demo/documents.jsonl");
@@ -25,12 +24,8 @@ pub struct DemoArgs {
     /// Keep the demo's bank in DIR (default: a temporary directory, removed at the end).
     #[arg(long)]
     bank: Option<PathBuf>,
-    /// How θ's weight matrices are held: `native` keeps a GGUF's Q8_0/Q4_0/Q4_1 blocks
-    /// (the same weight values as f32, activations rounded to 16 bits; about a quarter of
-    /// f32's memory), `f32` dequantises everything (the path checkpoints are trained on),
-    /// `bf16` rounds every matrix to bf16.
-    #[arg(long, default_value = "native")]
-    weights: WeightFormat,
+    #[command(flatten)]
+    weights: WeightsArg,
 }
 
 /// An answer counts as correct when it contains a gold answer (both SQuAD-normalised:
@@ -45,8 +40,8 @@ fn correct(answer: &str, golds: &[String]) -> bool {
 pub fn run(a: DemoArgs) -> Result<()> {
     let path = model_arg::resolve(a.model)?;
     let cmt = match &a.checkpoint {
-        Some(c) => Cmt::open_as(&path, c, a.weights)?,
-        None => Cmt::open_default_checkpoint(&path, a.weights)?,
+        Some(c) => Cmt::open_as(&path, c, a.weights.format)?,
+        None => Cmt::open_default_checkpoint(&path, a.weights.format)?,
     };
     let read = read_documents_from(DOCUMENTS.as_bytes(), "bundled demo documents", true)?;
     let questions: Vec<Question> = QUESTIONS

@@ -1,5 +1,5 @@
 //! `cmt eval`: the online adaptation protocol and its baselines on a dataset.
-use super::model_arg;
+use super::model_arg::{self, WeightsArg};
 use anyhow::{Context, Result};
 use clap::Args;
 use cmt_core::data::{read_dataset_auto, read_documents, read_jsonl_dataset, Document};
@@ -7,7 +7,6 @@ use cmt_core::eval::{self, Engine, EvalOptions, EvalProgress, Method, Pass};
 use cmt_core::model::BaseLm;
 use cmt_core::template::Template;
 use cmt_core::Cmt;
-use cmt_runtime::WeightFormat;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -36,12 +35,8 @@ pub struct EvalArgs {
     /// methods always use their checkpoint's.
     #[arg(long)]
     template: Option<String>,
-    /// How θ's weight matrices are held: `native` keeps a GGUF's Q8_0/Q4_0/Q4_1 blocks
-    /// (the same weight values as f32, activations rounded to 16 bits; about a quarter of
-    /// f32's memory), `f32` dequantises everything (the path checkpoints are trained on),
-    /// `bf16` rounds every matrix to bf16.
-    #[arg(long, default_value = "native")]
-    weights: WeightFormat,
+    #[command(flatten)]
+    weights: WeightsArg,
     /// Keep the first N documents and only their questions.
     #[arg(long)]
     limit_docs: Option<usize>,
@@ -157,7 +152,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         if !ckpt.exists() {
             anyhow::bail!("checkpoint {}: no such file", ckpt.display());
         }
-        let c = Cmt::open_as(&model_path, &ckpt, a.weights);
+        let c = Cmt::open_as(&model_path, &ckpt, a.weights.format);
         Some(c.with_context(|| format!("loading {}", model_path.display()))?)
     } else {
         None
@@ -173,7 +168,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             },
         },
         None => {
-            base = BaseLm::load_as(&model_path, a.weights)
+            base = BaseLm::load_as(&model_path, a.weights.format)
                 .with_context(|| format!("loading {}", model_path.display()))?;
             let name = match &a.template {
                 Some(t) => t.as_str(),

@@ -1,10 +1,10 @@
 //! `cmt generate` and `cmt score`.
-use super::model_arg;
+use super::model_arg::{self, WeightsArg};
 use anyhow::{Context, Result};
 use clap::Args;
 use cmt_runtime::device::DeviceChoice;
 use cmt_runtime::tokenizer::StreamDecoder;
-use cmt_runtime::{GenerateOptions, WeightFormat};
+use cmt_runtime::GenerateOptions;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -13,12 +13,8 @@ pub struct GenerateArgs {
     /// GGUF file or HF model directory (default: the default model, fetched if absent).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// How the weight matrices are held: `native` keeps a GGUF's Q8_0/Q4_0/Q4_1 blocks
-    /// (int8 dot products, about a sixth of f32's memory; other types load as f32), `f32`
-    /// dequantises everything (the golden path), `bf16` stores every matrix as bf16 (half
-    /// of f32's bytes; exact for bf16 checkpoints).
-    #[arg(long, default_value = "native")]
-    weights: WeightFormat,
+    #[command(flatten)]
+    weights: WeightsArg,
     /// The prompt, used verbatim (no chat template, no BOS unless the tokenizer adds one).
     #[arg(long)]
     prompt: String,
@@ -43,12 +39,8 @@ pub struct ScoreArgs {
     /// GGUF file or HF model directory (default: the default model, fetched if absent).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// How the weight matrices are held: `native` keeps a GGUF's Q8_0/Q4_0/Q4_1 blocks
-    /// (int8 dot products, about a sixth of f32's memory; other types load as f32), `f32`
-    /// dequantises everything (the golden path), `bf16` stores every matrix as bf16 (half
-    /// of f32's bytes; exact for bf16 checkpoints).
-    #[arg(long, default_value = "native")]
-    weights: WeightFormat,
+    #[command(flatten)]
+    weights: WeightsArg,
     /// The text to score, tokenised without special tokens.
     #[arg(long)]
     text: String,
@@ -57,7 +49,7 @@ pub struct ScoreArgs {
 pub fn generate(a: GenerateArgs, device: DeviceChoice) -> Result<()> {
     let backend = super::device::model_backend(device)?;
     let path = model_arg::resolve(a.model)?;
-    let (model, tok) = cmt_runtime::load_model_as(&path, backend, a.weights)
+    let (model, tok) = cmt_runtime::load_model_as(&path, backend, a.weights.format)
         .with_context(|| format!("loading {}", path.display()))?;
     let prompt = tok.encode(&a.prompt, true)?;
     if prompt.is_empty() {
@@ -107,7 +99,7 @@ pub fn generate(a: GenerateArgs, device: DeviceChoice) -> Result<()> {
 pub fn score(a: ScoreArgs, device: DeviceChoice) -> Result<()> {
     let backend = super::device::model_backend(device)?;
     let path = model_arg::resolve(a.model)?;
-    let (model, tok) = cmt_runtime::load_model_as(&path, backend, a.weights)
+    let (model, tok) = cmt_runtime::load_model_as(&path, backend, a.weights.format)
         .with_context(|| format!("loading {}", path.display()))?;
     let ids = tok.encode(&a.text, false)?;
     if ids.len() < 2 {

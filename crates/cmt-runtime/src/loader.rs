@@ -60,8 +60,8 @@ pub fn load_model<B: Backend>(path: &Path, backend: B) -> Result<(Model<B>, Toke
 }
 
 /// Loads a whole model onto `backend`, its matrices held as `format` says
-/// ([`WeightFormat::Native`] keeps a GGUF's Q8_0/Q4_0/Q4_1 blocks; HF directories and other
-/// types load as f32).
+/// ([`WeightFormat::Native`] keeps a GGUF's quantised matrices quantised; HF directories and
+/// the types without a kernel load as f32).
 pub fn load_model_as<B: Backend>(
     path: &Path,
     backend: B,

@@ -29,8 +29,8 @@ pub enum WeightFormat {
     /// Every matrix dequantised to f32 at load (the golden path; training needs it).
     #[default]
     F32,
-    /// Q8_0 / Q4_0 / Q4_1 GGUF matrices kept in their blocks, and Q4_K / Q5_K / Q6_K where
-    /// the CPU has AVX-512 VNNI; any other type (and every HF directory) is loaded as f32.
+    /// A GGUF's quantised matrices kept quantised ([`crate::quant::QType::from_ggml`] says
+    /// which types on this CPU); any other type (and every HF directory) is loaded as f32.
     Native,
     /// Every matrix stored as bf16 (exact for bf16 checkpoints, rounded from others).
     Bf16,
@@ -44,8 +44,8 @@ impl std::str::FromStr for WeightFormat {
             "native" => Ok(WeightFormat::Native),
             "bf16" => Ok(WeightFormat::Bf16),
             other => Err(format!(
-                "unknown weight format `{other}` (native: keep the file's Q8_0/Q4_0/Q4_1 \
-                 blocks; bf16: store every matrix as bf16; f32: dequantise everything)"
+                "unknown weight format `{other}` (native: keep the file's quantised matrices \
+                 quantised; bf16: store every matrix as bf16; f32: dequantise everything)"
             )),
         }
     }
@@ -225,8 +225,8 @@ impl<B: Backend> Weights<B> {
 /// down_proj) fixed that prompt but left another at 10 of 24 depending on how ties round;
 /// two everywhere keep all three at 24 of 24 and the perplexity paragraph's loss within
 /// 6e-6 of HF's, for no decode speed this machine can resolve (`docs/perf.md`). Matrices
-/// with a packed copy (Q8_0/Q4_0/Q4_1 on AVX-512 VNNI) quantise their input to 16 bits
-/// instead, the same accuracy in one operand (`quant::packed`).
+/// with a packed copy (every kept type, wherever AVX2 or AVX-512 runs) quantise their input
+/// to 16 bits instead, the same accuracy in one operand (`quant::packed`).
 const ACTIVATION_PLANES: usize = 2;
 
 /// A NaN or infinity in a weight is a damaged file; say which tensor and where.
