@@ -6,6 +6,7 @@ use cmt_runtime::backend::{CpuBackend, RopeTable};
 use cmt_runtime::cuda::{launch, reference, DType, Launch};
 
 pub mod topk;
+pub mod transformer;
 
 /// Elements past every buffer's end that must stay poisoned.
 const GUARD: usize = 16;
@@ -183,7 +184,7 @@ impl<'e, E: Exec> Bufs<'e, E> {
     fn run(&self, l: &Launch) -> Result<(), CheckError> {
         // SAFETY: every pointer in the launches built below comes from `ptr` of a buffer of
         // this set, sized for the shapes passed to the same launch builder.
-        unsafe { self.e.launch(l) }
+        Ok(unsafe { self.e.launch(l) }?)
     }
 }
 

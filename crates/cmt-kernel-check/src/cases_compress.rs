@@ -224,11 +224,11 @@ impl<'e, E: Exec> Bufs<'e, E> {
     fn run(&self, l: &Launch) -> Result<(), CheckError> {
         // SAFETY: every pointer in the launches built by `compress_attention` comes from `ptr`
         // of a live buffer of this set, sized for the `Dims` passed to the same builder.
-        unsafe { self.e.launch(l) }
+        Ok(unsafe { self.e.launch(l) }?)
     }
     fn time(&self, l: &Launch) -> Result<Option<f64>, CheckError> {
         // SAFETY: as in `run`.
-        unsafe { self.e.time(std::slice::from_ref(l)) }
+        Ok(unsafe { self.e.time(std::slice::from_ref(l)) }?)
     }
 }
 

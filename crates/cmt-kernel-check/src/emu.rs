@@ -1,6 +1,7 @@
 //! The CPU emulator of kernels/*.cu (see emu/cmt_emu.h for what it models and what not).
-use crate::exec::{CheckError, Exec};
+use cmt_runtime::cuda::exec::check_range;
 use cmt_runtime::cuda::Launch;
+use cmt_runtime::cuda::{CudaError, Exec};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::ptr::NonNull;
 use std::sync::Mutex;
@@ -40,19 +41,24 @@ pub fn kernel_names() -> Vec<String> {
 }
 
 /// A host allocation written by emulated kernels through raw pointers (never through a
-/// Rust reference while a launch runs). 8-byte aligned like device memory needs.
+/// Rust reference while a launch runs). 16-byte aligned, as the kernels' vector loads need
+/// (device allocations are 256-byte aligned).
 pub struct HostBuf {
-    ptr: NonNull<u64>,
+    ptr: NonNull<u128>,
     words: usize,
     bytes: usize,
 }
 
-// SAFETY: plain owned memory; access is serialized by the executor (launch runs to completion).
+// SAFETY: plain owned memory; every access goes through the executor, whose launches run to
+// completion before they return, and writes need `&mut HostBuf` or a launch (serialized by
+// `LAUNCH`), so shared references never observe a concurrent write.
 unsafe impl Send for HostBuf {}
+// SAFETY: as for Send.
+unsafe impl Sync for HostBuf {}
 
 impl Drop for HostBuf {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`words` come from the boxed slice leaked in `upload`.
+        // SAFETY: `ptr`/`words` come from the boxed slice leaked in `alloc`.
         drop(unsafe {
             Box::from_raw(std::ptr::slice_from_raw_parts_mut(
                 self.ptr.as_ptr(),
@@ -62,43 +68,66 @@ impl Drop for HostBuf {
     }
 }
 
+fn emu_err(msg: impl Into<String>) -> CudaError {
+    CudaError::Executor(format!("emulator: {}", msg.into()))
+}
+
 pub struct Emu;
 
 impl Exec for Emu {
     type Buf = HostBuf;
-    fn upload(&self, bytes: &[u8]) -> Result<HostBuf, CheckError> {
-        let words = bytes.len().div_ceil(8).max(1);
-        let raw = Box::into_raw(vec![0u64; words].into_boxed_slice()) as *mut u64;
-        // SAFETY: `raw` is a fresh allocation of `words * 8 >= bytes.len()` bytes.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), raw as *mut u8, bytes.len()) };
-        let ptr = NonNull::new(raw).ok_or_else(|| CheckError::Emu("null allocation".into()))?;
-        Ok(HostBuf {
-            ptr,
-            words,
-            bytes: bytes.len(),
-        })
+    fn alloc(&self, bytes: usize) -> Result<HostBuf, CudaError> {
+        let words = bytes.div_ceil(16).max(1);
+        let raw = Box::into_raw(vec![0u128; words].into_boxed_slice()) as *mut u128;
+        let ptr = NonNull::new(raw).ok_or_else(|| emu_err("null allocation"))?;
+        Ok(HostBuf { ptr, words, bytes })
     }
-    fn download(&self, buf: &HostBuf) -> Result<Vec<u8>, CheckError> {
+    fn upload(&self, bytes: &[u8]) -> Result<HostBuf, CudaError> {
+        let mut b = self.alloc(bytes.len())?;
+        self.write(&mut b, 0, bytes)?;
+        Ok(b)
+    }
+    fn download(&self, buf: &HostBuf) -> Result<Vec<u8>, CudaError> {
         let mut out = vec![0u8; buf.bytes];
-        // SAFETY: `buf` owns `bytes` readable bytes; no launch is running (launch is synchronous).
+        self.read(buf, 0, &mut out)?;
+        Ok(out)
+    }
+    fn bytes(&self, buf: &HostBuf) -> usize {
+        buf.bytes
+    }
+    fn read(&self, buf: &HostBuf, offset: usize, out: &mut [u8]) -> Result<(), CudaError> {
+        check_range("read", buf.bytes, offset, out.len())?;
+        // SAFETY: the range lies inside the `bytes` owned bytes (checked); no launch is running
+        // (launches are synchronous).
         unsafe {
             std::ptr::copy_nonoverlapping(
-                buf.ptr.as_ptr() as *const u8,
+                (buf.ptr.as_ptr() as *const u8).add(offset),
                 out.as_mut_ptr(),
-                buf.bytes,
+                out.len(),
             )
         };
-        Ok(out)
+        Ok(())
+    }
+    fn write(&self, buf: &mut HostBuf, offset: usize, data: &[u8]) -> Result<(), CudaError> {
+        check_range("write", buf.bytes, offset, data.len())?;
+        // SAFETY: the range lies inside the owned bytes (checked) and `buf` is borrowed mutably.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (buf.ptr.as_ptr() as *mut u8).add(offset),
+                data.len(),
+            )
+        };
+        Ok(())
     }
     fn ptr(&self, buf: &HostBuf) -> u64 {
         buf.ptr.as_ptr() as u64
     }
-    unsafe fn launch(&self, l: &Launch) -> Result<(), CheckError> {
+    unsafe fn launch(&self, l: &Launch) -> Result<(), CudaError> {
         if l.is_empty() {
             return Ok(());
         }
-        let name = CString::new(l.entry.as_str())
-            .map_err(|_| CheckError::Emu("NUL in kernel name".into()))?;
+        let name = CString::new(l.entry.as_str()).map_err(|_| emu_err("NUL in kernel name"))?;
         let _serial = LAUNCH.lock().unwrap_or_else(|p| p.into_inner());
         let mut slots = l.arg_slots();
         let mut params: Vec<*mut c_void> = slots
@@ -119,11 +148,11 @@ impl Exec for Emu {
         };
         match rc {
             0 => Ok(()),
-            1 => Err(CheckError::Emu(format!(
+            1 => Err(emu_err(format!(
                 "no emulated kernel `{}` (is it wrapped in CMT_EMU_EXPORT?)",
                 l.entry
             ))),
-            _ => Err(CheckError::Emu(format!(
+            _ => Err(emu_err(format!(
                 "{}: block {:?} is not 1..=1024 threads",
                 l.entry, l.block
             ))),

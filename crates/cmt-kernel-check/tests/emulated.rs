@@ -3,7 +3,7 @@
 //! warp, poisoned outputs with guard zones. Small shapes: the emulator runs one OS thread
 //! per CUDA thread.
 use cmt_kernel_check::{cases, emu, emu::Emu, CheckError, Exec};
-use cmt_runtime::cuda::{DType, Launch};
+use cmt_runtime::cuda::{CudaError, DType, Launch};
 use proptest::prelude::*;
 
 fn assert_ok(r: Result<cases::Outcome, CheckError>) -> Result<(), TestCaseError> {
@@ -60,16 +60,28 @@ struct CappedGrid(u32);
 
 impl Exec for CappedGrid {
     type Buf = <Emu as Exec>::Buf;
-    fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, CheckError> {
+    fn alloc(&self, bytes: usize) -> Result<Self::Buf, CudaError> {
+        Emu.alloc(bytes)
+    }
+    fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, CudaError> {
         Emu.upload(bytes)
     }
-    fn download(&self, buf: &Self::Buf) -> Result<Vec<u8>, CheckError> {
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<u8>, CudaError> {
         Emu.download(buf)
+    }
+    fn bytes(&self, buf: &Self::Buf) -> usize {
+        Emu.bytes(buf)
+    }
+    fn read(&self, buf: &Self::Buf, offset: usize, out: &mut [u8]) -> Result<(), CudaError> {
+        Emu.read(buf, offset, out)
+    }
+    fn write(&self, buf: &mut Self::Buf, offset: usize, data: &[u8]) -> Result<(), CudaError> {
+        Emu.write(buf, offset, data)
     }
     fn ptr(&self, buf: &Self::Buf) -> u64 {
         Emu.ptr(buf)
     }
-    unsafe fn launch(&self, l: &Launch) -> Result<(), CheckError> {
+    unsafe fn launch(&self, l: &Launch) -> Result<(), CudaError> {
         let mut l = l.clone();
         l.grid[0] = l.grid[0].min(self.0);
         // SAFETY: same buffers and shapes as the caller's launch; only fewer blocks.

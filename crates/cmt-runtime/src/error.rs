@@ -38,6 +38,9 @@ pub enum Error {
     Invalid(String),
     #[error("model fetch: {0}")]
     Fetch(String),
+    /// A CUDA device or kernel executor failed (the device backend).
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,36 +4,43 @@
 //! scripts/gpu-check.sh. Exit status: 0 all passed, 1 a kernel failed, 2 no usable GPU.
 use cmt_kernel_check::{cases, CheckError, Exec};
 use cmt_runtime::cuda::gpu::DeviceBuffer;
-use cmt_runtime::cuda::{DType, Gpu, Launch};
+use cmt_runtime::cuda::{CudaError, DType, Gpu, Launch};
 
-/// The GPU as a case executor.
+/// The GPU as a case executor: each launch is waited for, so a fault is reported by the
+/// kernel that caused it.
 struct OnGpu(Gpu);
 
 impl Exec for OnGpu {
     type Buf = DeviceBuffer;
-    fn upload(&self, bytes: &[u8]) -> Result<DeviceBuffer, CheckError> {
-        Ok(self.0.upload(bytes)?)
+    fn alloc(&self, bytes: usize) -> Result<DeviceBuffer, CudaError> {
+        self.0.alloc(bytes)
     }
-    fn download(&self, buf: &DeviceBuffer) -> Result<Vec<u8>, CheckError> {
-        Ok(self.0.download(buf)?)
+    fn upload(&self, bytes: &[u8]) -> Result<DeviceBuffer, CudaError> {
+        Exec::upload(&self.0, bytes)
+    }
+    fn download(&self, buf: &DeviceBuffer) -> Result<Vec<u8>, CudaError> {
+        Exec::download(&self.0, buf)
+    }
+    fn bytes(&self, buf: &DeviceBuffer) -> usize {
+        self.0.bytes(buf)
+    }
+    fn read(&self, buf: &DeviceBuffer, offset: usize, out: &mut [u8]) -> Result<(), CudaError> {
+        self.0.read(buf, offset, out)
+    }
+    fn write(&self, buf: &mut DeviceBuffer, offset: usize, data: &[u8]) -> Result<(), CudaError> {
+        self.0.write(buf, offset, data)
     }
     fn ptr(&self, buf: &DeviceBuffer) -> u64 {
-        self.0.ptr(buf)
+        Exec::ptr(&self.0, buf)
     }
-    unsafe fn launch(&self, l: &Launch) -> Result<(), CheckError> {
+    unsafe fn launch(&self, l: &Launch) -> Result<(), CudaError> {
         // SAFETY: forwarded contract: pointers come from `ptr` of live buffers of this GPU.
-        unsafe { self.0.launch(l)? };
-        Ok(self.0.synchronize()?)
+        unsafe { Exec::launch(&self.0, l)? };
+        self.0.synchronize()
     }
-    unsafe fn time(&self, launches: &[Launch]) -> Result<Option<f64>, CheckError> {
-        let ms = self.0.time_ms(20, || {
-            for l in launches {
-                // SAFETY: forwarded contract (buffers of this case are still alive).
-                unsafe { self.0.launch(l)? };
-            }
-            Ok(())
-        })?;
-        Ok(Some(f64::from(ms)))
+    unsafe fn time(&self, launches: &[Launch]) -> Result<Option<f64>, CudaError> {
+        // SAFETY: forwarded contract (buffers of this case are still alive).
+        unsafe { self.0.time(launches) }
     }
 }
 

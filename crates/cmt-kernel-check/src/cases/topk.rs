@@ -282,7 +282,7 @@ pub fn topk_aggregate<E: Exec>(e: &E, s: &Spec) -> Result<Vec<Outcome>, CheckErr
     let comb_bytes = nq * (ncand * 8 + k * td * s.mem_dt.size() + k * 12 + td * 4);
     let time = |l: &cmt_runtime::cuda::Launch| -> Result<Option<f64>, CheckError> {
         // SAFETY: the launch only holds pointers into this case's live buffers.
-        unsafe { e.time(std::slice::from_ref(l)) }
+        Ok(unsafe { e.time(std::slice::from_ref(l)) }?)
     };
     Ok(vec![
         Outcome {

@@ -2,10 +2,12 @@
 //! one here (`cpu`), the CUDA one with the kernel toolchain. Buffers are flat f32 arrays;
 //! every op states its shapes in row-major terms.
 pub mod cpu;
+pub mod device;
 
 pub use crate::quant::bf16::Bf16Matrix;
 pub use crate::quant::QuantMatrix;
 pub use cpu::CpuBackend;
+pub use device::DeviceBackend;
 
 use crate::error::Result;
 use crate::rope::RopeScaling;

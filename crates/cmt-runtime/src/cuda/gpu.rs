@@ -2,7 +2,9 @@
 //! modules loaded lazily on first launch, checked launches, event timing.
 use super::launch::Launch;
 use super::{ptx, CudaError};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr,
+};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
@@ -92,6 +94,19 @@ impl Gpu {
         self.stream
             .clone_dtoh(buf)
             .map_err(self.err("downloading a buffer"))
+    }
+    /// Copies a device range to the host and waits for it (and everything before it).
+    pub fn read_view(&self, src: &CudaView<'_, u8>, out: &mut [u8]) -> Result<(), CudaError> {
+        self.stream
+            .memcpy_dtoh(src, out)
+            .map_err(self.err(format!("reading {} bytes", out.len())))?;
+        self.synchronize()
+    }
+    /// Copies host bytes into a device range, ordered after earlier launches on the stream.
+    pub fn write_view(&self, dst: &mut CudaViewMut<'_, u8>, data: &[u8]) -> Result<(), CudaError> {
+        self.stream
+            .memcpy_htod(data, dst)
+            .map_err(self.err(format!("writing {} bytes", data.len())))
     }
     /// The raw device address of `buf`, for a `Launch` argument.
     pub fn ptr(&self, buf: &CudaSlice<u8>) -> u64 {

@@ -11,6 +11,7 @@ use super::CudaError;
 
 pub mod compress;
 pub mod topk;
+pub mod transformer;
 
 #[cfg(target_endian = "big")]
 compile_error!("kernel arguments are packed little-endian");

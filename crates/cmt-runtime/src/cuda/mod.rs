@@ -2,11 +2,13 @@
 //! emulator (`launch`), the driver wrapper (`gpu`) and plain CPU references for every kernel
 //! (`reference`). The driver library is loaded at run time (cudarc `dynamic-loading`), so
 //! building and running on a machine without CUDA works; `gpu::Gpu::open` probes first.
+pub mod exec;
 pub mod gpu;
 pub mod launch;
 pub mod ptx;
 pub mod reference;
 
+pub use exec::Exec;
 pub use gpu::Gpu;
 pub use launch::{Arg, DType, Launch};
 
@@ -28,6 +30,9 @@ pub enum CudaError {
     Unusable(String),
     #[error("kernel shape: {0}")]
     Shape(String),
+    /// A kernel executor other than the driver (the CPU emulator) failed.
+    #[error("kernel executor: {0}")]
+    Executor(String),
     #[error("no PTX module `{0}` is embedded (run cargo xtask build-kernels)")]
     NoModule(String),
 }

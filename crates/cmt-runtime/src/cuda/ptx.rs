@@ -11,9 +11,11 @@ macro_rules! ptx {
 }
 
 ptx!(
+    "attention",
     "compress_attention",
     "cross_entropy",
     "embedding",
+    "matmul",
     "residual",
     "rmsnorm",
     "rope",

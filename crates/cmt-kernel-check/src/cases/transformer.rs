@@ -1,0 +1,277 @@
+//! Checks of kernels/matmul.cu and kernels/attention.cu. Matmul against a plain f64 loop;
+//! kv_write and attention against the CPU backend's ops (themselves checked against HF's
+//! golden fixtures), on the values as the kernel sees them (bf16 caches/weights rounded).
+//! Outputs are f32, so the bounds are f32 ones:
+//! - matmul: |got − ref| ≤ 1e-5 + 1e-5·Σ_j |x_j·w_j| (f32 accumulation in another order: the
+//!   error of a sum grows with the sum of magnitudes, not with the result, which can cancel);
+//! - attention: the f32 bound of the other kernels (atol 1e-5, rtol 1e-4) on out.
+use super::{compare, Bufs, Outcome, Rng};
+use crate::exec::{CheckError, Exec};
+use cmt_runtime::backend::{AttnShape, Backend, CpuBackend, SeqSpan};
+use cmt_runtime::cuda::launch::transformer::{
+    self, attention_part_len, AttnDims, MatmulKernel, RowTables,
+};
+use cmt_runtime::cuda::DType;
+
+#[allow(clippy::too_many_arguments)]
+pub fn matmul<E: Exec>(
+    e: &E,
+    dt: DType,
+    kernel: MatmulKernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    with_bias: bool,
+    seed: u64,
+) -> Result<Outcome, CheckError> {
+    let mut rng = Rng::new(seed);
+    let mut b = Bufs::new(e);
+    let (x, xv) = b.input(DType::F32, &rng.vec(m * k, -1.0, 1.0))?;
+    let (w, wv) = b.input(dt, &rng.vec(n * k, -1.0, 1.0))?;
+    let bias = with_bias.then(|| rng.vec(n, -1.0, 1.0));
+    let bias_h = match &bias {
+        Some(v) => Some(b.input(DType::F32, v)?.0),
+        None => None,
+    };
+    let out = b.output(DType::F32, m * n)?;
+    let l = transformer::matmul_nt(
+        dt,
+        kernel,
+        b.ptr(out),
+        b.ptr(x),
+        b.ptr(w),
+        bias_h.map_or(0, |h| b.ptr(h)),
+        m,
+        n,
+        k,
+    )?;
+    b.run(&l)?;
+    let mut fails = Vec::new();
+    let got = b.read(out, DType::F32, &mut fails)?;
+    let mut max_err: f64 = 0.0;
+    for r in 0..m {
+        for c in 0..n {
+            let (mut want, mut mag) = (0.0f64, 0.0f64);
+            for j in 0..k {
+                let p = f64::from(xv[r * k + j]) * f64::from(wv[c * k + j]);
+                want += p;
+                mag += p.abs();
+            }
+            if let Some(bv) = &bias {
+                want += f64::from(bv[c]);
+                mag += f64::from(bv[c]).abs();
+            }
+            let g = f64::from(got[r * n + c]);
+            let err = (g - want).abs();
+            if err.is_nan() || err > 1e-5 + 1e-5 * mag {
+                if fails.len() < 5 {
+                    fails.push(format!("out[{r}, {c}]: got {g}, want {want}"));
+                }
+            } else {
+                max_err = max_err.max(err);
+            }
+        }
+    }
+    let bytes = (m * k + m * n) * 4 + n * k * dt.size();
+    b.outcome(
+        &l.entry.replace(&format!("_{}", dt.suffix()), ""),
+        dt,
+        format!("m={m} n={n} k={k} bias={with_bias}"),
+        max_err,
+        fails,
+        bytes,
+        vec![l],
+    )
+}
+
+/// A batch of sequences over a cache: spans with distinct slots, rows laid out in order.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub capacity: usize,
+    pub slots: usize,
+    pub spans: Vec<SeqSpan>,
+}
+
+impl Batch {
+    /// `seqs` = (slot, cached positions before this step, new rows).
+    pub fn new(
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        slots: usize,
+        seqs: &[(usize, usize, usize)],
+    ) -> Self {
+        let mut spans = Vec::new();
+        let mut row = 0;
+        for &(slot, pos, rows) in seqs {
+            spans.push(SeqSpan {
+                row_start: row,
+                rows,
+                slot,
+                pos,
+            });
+            row += rows;
+        }
+        Batch {
+            heads,
+            kv_heads,
+            head_dim,
+            capacity,
+            slots,
+            spans,
+        }
+    }
+    pub fn rows(&self) -> usize {
+        self.spans.iter().map(|s| s.rows).sum()
+    }
+    fn shape(&self) -> AttnShape {
+        AttnShape {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            capacity: self.capacity,
+        }
+    }
+    fn cache_len(&self) -> usize {
+        self.slots * self.kv_heads * self.capacity * self.head_dim
+    }
+    fn describe(&self) -> String {
+        let seqs: Vec<String> = self
+            .spans
+            .iter()
+            .map(|s| format!("{}@{}+{}", s.slot, s.pos, s.rows))
+            .collect();
+        format!(
+            "h={}/{} hd={} cap={} [{}]",
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.capacity,
+            seqs.join(" ")
+        )
+    }
+}
+
+/// Writes this step's keys/values into random caches; every cache value is compared, so a
+/// write to the wrong slot, position or head shows up.
+pub fn kv_write<E: Exec>(e: &E, dt: DType, bt: &Batch, seed: u64) -> Result<Outcome, CheckError> {
+    let mut rng = Rng::new(seed);
+    let mut b = Bufs::new(e);
+    let rows = bt.rows();
+    let kvd = bt.kv_heads * bt.head_dim;
+    let (ck, mut ckv) = b.input(dt, &rng.vec(bt.cache_len(), -1.0, 1.0))?;
+    let (cv, mut cvv) = b.input(dt, &rng.vec(bt.cache_len(), -1.0, 1.0))?;
+    let (k, kv) = b.input(DType::F32, &rng.vec(rows * kvd, -2.0, 2.0))?;
+    let (v, vv) = b.input(DType::F32, &rng.vec(rows * kvd, -2.0, 2.0))?;
+    let t = RowTables::of(&bt.spans, rows, bt.slots, bt.capacity)?;
+    let (slot, pos) = (b.ints(&t.slot)?, b.ints(&t.pos)?);
+    let l = transformer::kv_write(
+        dt,
+        b.ptr(ck),
+        b.ptr(cv),
+        b.ptr(k),
+        b.ptr(v),
+        b.ptr(slot),
+        b.ptr(pos),
+        rows,
+        bt.kv_heads,
+        bt.head_dim,
+        bt.capacity,
+    )?;
+    b.run(&l)?;
+    CpuBackend.kv_write(&kv, &vv, &mut ckv, &mut cvv, &bt.spans, bt.shape())?;
+    // The kernel stores k and v in the cache's type: round the reference the same way.
+    let round = |v: &mut Vec<f32>| {
+        if dt == DType::Bf16 {
+            for x in v.iter_mut() {
+                *x = half::bf16::from_f32(*x).to_f32();
+            }
+        }
+    };
+    round(&mut ckv);
+    round(&mut cvv);
+    let (mut err, mut fails) = (0.0, Vec::new());
+    let got_k = b.read(ck, dt, &mut fails)?;
+    let got_v = b.read(cv, dt, &mut fails)?;
+    compare("cache_k", dt, &got_k, &ckv, &mut err, &mut fails);
+    compare("cache_v", dt, &got_v, &cvv, &mut err, &mut fails);
+    b.outcome(
+        "kv_write",
+        dt,
+        bt.describe(),
+        err,
+        fails,
+        2 * rows * kvd * (4 + dt.size()),
+        vec![l],
+    )
+}
+
+/// Attention of random queries over random caches, with `splits` chunks per row (1 = the
+/// prefill kernel alone, more = partials + combine).
+pub fn attention<E: Exec>(
+    e: &E,
+    dt: DType,
+    bt: &Batch,
+    splits: usize,
+    seed: u64,
+) -> Result<Outcome, CheckError> {
+    let mut rng = Rng::new(seed);
+    let mut b = Bufs::new(e);
+    let rows = bt.rows();
+    let qd = bt.heads * bt.head_dim;
+    let (ck, ckv) = b.input(dt, &rng.vec(bt.cache_len(), -1.0, 1.0))?;
+    let (cv, cvv) = b.input(dt, &rng.vec(bt.cache_len(), -1.0, 1.0))?;
+    let (q, qv) = b.input(DType::F32, &rng.vec(rows * qd, -2.0, 2.0))?;
+    let t = RowTables::of(&bt.spans, rows, bt.slots, bt.capacity)?;
+    let (slot, pos) = (b.ints(&t.slot)?, b.ints(&t.pos)?);
+    let n_part = attention_part_len(rows, bt.heads, bt.head_dim, splits);
+    let part = b.output(DType::F32, n_part.max(1))?;
+    let out = b.output(DType::F32, rows * qd)?;
+    let dims = AttnDims {
+        rows,
+        heads: bt.heads,
+        kv_heads: bt.kv_heads,
+        head_dim: bt.head_dim,
+        capacity: bt.capacity,
+        splits,
+    };
+    let ls = transformer::attention_forward(
+        dt,
+        b.ptr(out),
+        if n_part > 0 { b.ptr(part) } else { 0 },
+        b.ptr(q),
+        b.ptr(ck),
+        b.ptr(cv),
+        b.ptr(slot),
+        b.ptr(pos),
+        dims,
+    )?;
+    for l in &ls {
+        b.run(l)?;
+    }
+    let mut want = vec![0.0; rows * qd];
+    CpuBackend.attention(&qv, &ckv, &cvv, &bt.spans, bt.shape(), &mut want)?;
+    let (mut err, mut fails) = (0.0, Vec::new());
+    let got = b.read(out, DType::F32, &mut fails)?;
+    compare("out", DType::F32, &got, &want, &mut err, &mut fails);
+    // Bytes: q and out, plus every key and value row each row reads once.
+    let kv_rows: usize = bt
+        .spans
+        .iter()
+        .map(|s| (0..s.rows).map(|i| s.pos + i + 1).sum::<usize>())
+        .sum();
+    let bytes = 2 * rows * qd * 4 + 2 * kv_rows * bt.kv_heads * bt.head_dim * dt.size();
+    b.outcome(
+        &format!("attention_s{splits}"),
+        dt,
+        bt.describe(),
+        err,
+        fails,
+        bytes,
+        ls,
+    )
+}

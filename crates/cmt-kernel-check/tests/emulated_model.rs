@@ -1,0 +1,186 @@
+//! The whole transformer on the device backend, every op a kernel of kernels/*.cu run by the
+//! CPU emulator, against the same model on the CPU backend (itself checked against HF's golden
+//! fixtures): small random Llama (GQA) and Qwen2 (q/k/v biases, tied embeddings) models,
+//! a batch of two sequences of different lengths in one step, one of them behind a key/value
+//! prefix of 70 positions, then greedy decoding step by step (split attention + combine).
+use cmt_kernel_check::emu::Emu;
+use cmt_runtime::backend::{Backend, CpuBackend, DeviceBackend};
+use cmt_runtime::weights::{TensorSource, Weights};
+use cmt_runtime::{
+    generate, Arch, GenerateOptions, KvPrefix, Logits, Model, ModelConfig, Result, SeqInput,
+};
+use std::collections::HashMap;
+use std::path::Path;
+
+struct MapSource(HashMap<String, (Vec<usize>, Vec<f32>)>);
+
+impl TensorSource for MapSource {
+    fn path(&self) -> &Path {
+        Path::new("<memory>")
+    }
+    fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (s, v) = &self.0[name];
+        assert_eq!(s, shape, "{name}");
+        Ok(v.clone())
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+}
+
+fn config(qwen: bool) -> ModelConfig {
+    ModelConfig {
+        arch: if qwen { Arch::Qwen2 } else { Arch::Llama },
+        hidden: 40,
+        intermediate: 56,
+        layers: 2,
+        heads: 4,
+        kv_heads: if qwen { 4 } else { 2 },
+        head_dim: if qwen { 10 } else { 36 },
+        vocab: 61,
+        rms_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: Default::default(),
+        tie_embeddings: qwen,
+        qkv_bias: qwen,
+        max_positions: 128,
+        bos_token: None,
+        eos_tokens: vec![],
+    }
+}
+
+fn weights(cfg: &ModelConfig, seed: u64) -> MapSource {
+    let mut rng = Rng(seed);
+    let mut m = HashMap::new();
+    for (name, shape) in cmt_runtime::convert::hf_tensor_shapes(cfg) {
+        let n: usize = shape.iter().product();
+        let v = if name.ends_with("norm.weight") {
+            rng.vec(n, 0.3).into_iter().map(|x| 1.0 + x).collect()
+        } else {
+            rng.vec(n, 0.5)
+        };
+        m.insert(name, (shape, v));
+    }
+    MapSource(m)
+}
+
+fn model<B: Backend>(cfg: &ModelConfig, src: &MapSource, be: B) -> Model<B> {
+    let w = Weights::load(cfg, src, &be).expect("weights load");
+    Model::new(cfg.clone(), be, w).expect("model builds")
+}
+
+fn prefix(cfg: &ModelConfig, len: usize, seed: u64) -> KvPrefix {
+    let mut rng = Rng(seed);
+    let n = cfg.layers * cfg.kv_heads * len * cfg.head_dim;
+    KvPrefix {
+        len,
+        k: rng.vec(n, 1.0),
+        v: rng.vec(n, 1.0),
+    }
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        assert!(
+            err <= 1e-4 + 1e-4 * w.abs(),
+            "{what}[{i}]: device {g}, cpu {w} (|diff| {err})"
+        );
+    }
+}
+
+/// Logits of every row of a two-sequence step (slot 1 behind a prefix), then of one more
+/// token each.
+fn batched_logits<B: Backend>(m: &Model<B>, pre: &KvPrefix) -> (Vec<f32>, Vec<f32>) {
+    let mut sess = m.session(2, 128).expect("session");
+    sess.set_prefix(&m.cfg, &m.backend, 1, pre).expect("prefix");
+    let a: Vec<u32> = vec![3, 17, 5, 60, 2, 9, 33, 1, 44, 8, 12];
+    let b: Vec<u32> = vec![7, 7, 21, 0, 58];
+    let step = [SeqInput::tokens(0, &a), SeqInput::tokens(1, &b)];
+    let first = m
+        .forward(&mut sess, &step, Logits::All, None)
+        .expect("forward")
+        .to_vec();
+    let step = [SeqInput::tokens(1, &[40]), SeqInput::tokens(0, &[11])];
+    let second = m
+        .forward(&mut sess, &step, Logits::Last, None)
+        .expect("forward")
+        .to_vec();
+    (first, second)
+}
+
+fn greedy<B: Backend>(m: &Model<B>, pre: &KvPrefix) -> Vec<Vec<u32>> {
+    let mut sess = m.session(2, 128).expect("session");
+    let prompts = vec![vec![5u32, 9, 13, 2], vec![30u32, 1]];
+    let prefixes = [None, Some(pre.clone())];
+    let opts = GenerateOptions {
+        max_new_tokens: 12,
+        ..GenerateOptions::default()
+    };
+    generate(m, &mut sess, &prompts, Some(&prefixes), &opts, |_, _| {
+        Ok(true)
+    })
+    .expect("generates")
+}
+
+fn device_matches_cpu(qwen: bool) {
+    let cfg = config(qwen);
+    let src = weights(&cfg, 11 + u64::from(qwen));
+    let cpu = model(&cfg, &src, CpuBackend);
+    let dev = model(&cfg, &src, DeviceBackend::new(Emu, "emulated device"));
+    // 70 prefix positions: decode attention over > 64 positions splits (flash-decoding).
+    let pre = prefix(&cfg, 70, 5);
+    let (c1, c2) = batched_logits(&cpu, &pre);
+    let (d1, d2) = batched_logits(&dev, &pre);
+    assert_close("prefill logits", &d1, &c1);
+    assert_close("next-token logits", &d2, &c2);
+    let (gc, gd) = (greedy(&cpu, &pre), greedy(&dev, &pre));
+    assert_eq!(gd, gc, "greedy continuations");
+    assert!(gc.iter().all(|g| g.len() == 12), "12 tokens each: {gc:?}");
+}
+
+#[test]
+fn llama_with_gqa_on_the_emulated_device_matches_the_cpu() {
+    device_matches_cpu(false);
+}
+
+#[test]
+fn qwen2_with_biases_and_tied_embeddings_on_the_emulated_device_matches_the_cpu() {
+    device_matches_cpu(true);
+}
+
+/// A token id outside the vocabulary is an error naming it, as on the CPU, not a wild read.
+#[test]
+fn out_of_vocabulary_id_is_an_error() {
+    let cfg = config(false);
+    let dev = model(
+        &cfg,
+        &weights(&cfg, 3),
+        DeviceBackend::new(Emu, "emulated device"),
+    );
+    let mut sess = dev.session(1, 8).expect("session");
+    let err = dev
+        .forward(
+            &mut sess,
+            &[SeqInput::tokens(0, &[1, 61])],
+            Logits::Last,
+            None,
+        )
+        .expect_err("id 61 of a 61-token vocabulary");
+    assert!(err.to_string().contains("row 61 is out of range"), "{err}");
+}

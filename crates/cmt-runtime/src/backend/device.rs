@@ -1,0 +1,356 @@
+//! The device backend: the op trait on kernels/*.cu, for any kernel executor — a GPU
+//! ([`crate::cuda::Gpu`]) or the CPU emulator of the kernels (`cmt-kernel-check`), which runs
+//! the whole model through the unchanged CUDA sources in the tests. Buffers are f32 on the
+//! device; weights are f32 (the golden path). Every op checks its buffers' sizes before it
+//! launches: that check is what makes each launch's pointer arguments valid.
+use super::{AttnShape, Backend, Mat, MatData, RopeTable, SeqSpan};
+use crate::cuda::launch::transformer::{
+    self, attention_part_len, attention_splits, AttnDims, MatmulKernel, RowTables,
+};
+use crate::cuda::launch::{self as kl, DType, Launch};
+use crate::cuda::Exec;
+use crate::error::{Error, Result};
+use std::sync::Mutex;
+
+/// A device buffer of `len` f32 values.
+pub struct DeviceBuf<B> {
+    raw: B,
+    len: usize,
+}
+
+pub struct DeviceBackend<E: Exec> {
+    exec: E,
+    name: String,
+    /// Scratch for attention's split partials, grown on demand and reused: launches on one
+    /// stream run in order, so the next call cannot overwrite partials still being read.
+    part: Mutex<Option<DeviceBuf<E::Buf>>>,
+}
+
+fn check(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::Invalid(format!(
+            "{what}: buffer holds {have} values, needs {need}"
+        )));
+    }
+    Ok(())
+}
+
+fn i32s(v: &[i32]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+
+impl<E: Exec> DeviceBackend<E> {
+    pub fn new(exec: E, name: impl Into<String>) -> Self {
+        DeviceBackend {
+            exec,
+            name: name.into(),
+            part: Mutex::new(None),
+        }
+    }
+
+    pub fn exec(&self) -> &E {
+        &self.exec
+    }
+
+    fn ptr(&self, b: &DeviceBuf<E::Buf>) -> u64 {
+        self.exec.ptr(&b.raw)
+    }
+
+    fn run(&self, launches: &[Launch]) -> Result<()> {
+        for l in launches {
+            // SAFETY: every launch built by the ops below takes pointers from `ptr` of live
+            // buffers of this executor (or small tables uploaded for the call and alive until
+            // it returns; an executor's later reads are ordered after the launch), and the
+            // op checked each buffer's length against the shapes it passes.
+            unsafe { self.exec.launch(l) }?;
+        }
+        Ok(())
+    }
+
+    fn table(&self, v: &[i32]) -> Result<E::Buf> {
+        Ok(self.exec.upload(i32s(v))?)
+    }
+
+    /// The partials buffer, at least `n` values long.
+    fn with_part<T>(&self, n: usize, f: impl FnOnce(u64) -> Result<T>) -> Result<T> {
+        let mut part = self.part.lock().unwrap_or_else(|e| e.into_inner());
+        if n > 0 && part.as_ref().is_none_or(|p| p.len < n) {
+            *part = Some(self.zeros(n)?);
+        }
+        let ptr = part.as_ref().map_or(0, |p| self.ptr(p));
+        f(ptr)
+    }
+}
+
+impl<E: Exec> Backend for DeviceBackend<E> {
+    type Buf = DeviceBuf<E::Buf>;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn upload(&self, data: Vec<f32>) -> Result<Self::Buf> {
+        let raw = self.exec.upload(bytemuck::cast_slice(&data))?;
+        Ok(DeviceBuf {
+            raw,
+            len: data.len(),
+        })
+    }
+    fn zeros(&self, n: usize) -> Result<Self::Buf> {
+        Ok(DeviceBuf {
+            raw: self.exec.alloc(n * 4)?,
+            len: n,
+        })
+    }
+    fn download(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()> {
+        check("download", buf.len, offset + out.len())?;
+        Ok(self
+            .exec
+            .read(&buf.raw, offset * 4, bytemuck::cast_slice_mut(out))?)
+    }
+    fn write(&self, buf: &mut Self::Buf, offset: usize, data: &[f32]) -> Result<()> {
+        check("write", buf.len, offset + data.len())?;
+        Ok(self
+            .exec
+            .write(&mut buf.raw, offset * 4, bytemuck::cast_slice(data))?)
+    }
+    fn len(&self, buf: &Self::Buf) -> usize {
+        buf.len
+    }
+
+    fn gather_rows(
+        &self,
+        src: &Self::Buf,
+        width: usize,
+        idx: &[u32],
+        out: &mut Self::Buf,
+        out_row: usize,
+    ) -> Result<()> {
+        check("gather_rows out", out.len, (out_row + idx.len()) * width)?;
+        let n_src = src.len / width.max(1);
+        if let Some(&r) = idx.iter().find(|&&r| r as usize >= n_src) {
+            return Err(Error::Invalid(format!(
+                "row {r} is out of range (0..{n_src}): a token id outside the vocabulary?"
+            )));
+        }
+        if idx.is_empty() || width == 0 {
+            return Ok(());
+        }
+        let ids: Vec<i32> = idx.iter().map(|&r| r as i32).collect();
+        let ids = self.table(&ids)?;
+        let dst = self.ptr(out) + (out_row * width * 4) as u64;
+        let l = kl::embedding_forward(
+            DType::F32,
+            dst,
+            self.ptr(src),
+            self.exec.ptr(&ids),
+            idx.len(),
+            width,
+            n_src,
+        )?;
+        self.run(&[l])
+    }
+
+    fn rmsnorm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        out: &mut Self::Buf,
+        rows: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let d = w.len;
+        check("rmsnorm x", x.len, rows * d)?;
+        check("rmsnorm out", out.len, rows * d)?;
+        let l = kl::rmsnorm_forward(
+            DType::F32,
+            self.ptr(out),
+            0,
+            self.ptr(x),
+            self.ptr(w),
+            rows,
+            d,
+            eps,
+        )?;
+        self.run(&[l])
+    }
+
+    fn matmul_nt(
+        &self,
+        x: &Self::Buf,
+        w: &Mat<Self>,
+        bias: Option<&Self::Buf>,
+        out: &mut Self::Buf,
+        m: usize,
+    ) -> Result<()> {
+        let (n, k) = (w.rows, w.cols);
+        check("matmul x", x.len, m * k)?;
+        check("matmul out", out.len, m * n)?;
+        if let Some(b) = bias {
+            check("matmul bias", b.len, n)?;
+        }
+        let wbuf = match &w.data {
+            MatData::Dense(b) => b,
+            MatData::Quant(_) | MatData::Bf16(_) => return Err(Error::Invalid(format!(
+                "{}: the device backend holds f32 weights only; load the model with --weights f32",
+                self.name
+            ))),
+        };
+        check("matmul w", wbuf.len, n * k)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let l = transformer::matmul_nt(
+            DType::F32,
+            MatmulKernel::Auto,
+            self.ptr(out),
+            self.ptr(x),
+            self.ptr(wbuf),
+            bias.map_or(0, |b| self.ptr(b)),
+            m,
+            n,
+            k,
+        )?;
+        self.run(&[l])
+    }
+
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        positions: &[u32],
+        heads: usize,
+        hd: usize,
+        t: &RopeTable<Self>,
+    ) -> Result<()> {
+        check("rope x", x.len, positions.len() * heads * hd)?;
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= t.max_pos) {
+            return Err(Error::Invalid(format!(
+                "position {p} is beyond the model's context ({})",
+                t.max_pos
+            )));
+        }
+        check("rope cos", t.cos.len, t.max_pos * hd / 2)?;
+        check("rope sin", t.sin.len, t.max_pos * hd / 2)?;
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
+        let pos = self.table(&pos)?;
+        let l = kl::rope(
+            DType::F32,
+            false,
+            self.ptr(x),
+            self.exec.ptr(&pos),
+            self.ptr(&t.cos),
+            self.ptr(&t.sin),
+            positions.len(),
+            heads,
+            hd,
+            t.max_pos,
+        )?;
+        self.run(&[l])
+    }
+
+    fn kv_write(
+        &self,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        ck: &mut Self::Buf,
+        cv: &mut Self::Buf,
+        seqs: &[SeqSpan],
+        s: AttnShape,
+    ) -> Result<()> {
+        let (rows, slots) = batch_geometry(seqs, s, ck.len.min(cv.len));
+        let t = RowTables::of(seqs, rows, slots, s.capacity)?;
+        check("kv_write k", k.len, rows * s.kv_heads * s.head_dim)?;
+        check("kv_write v", v.len, rows * s.kv_heads * s.head_dim)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (slot, pos) = (self.table(&t.slot)?, self.table(&t.pos)?);
+        let l = transformer::kv_write(
+            DType::F32,
+            self.ptr(ck),
+            self.ptr(cv),
+            self.ptr(k),
+            self.ptr(v),
+            self.exec.ptr(&slot),
+            self.exec.ptr(&pos),
+            rows,
+            s.kv_heads,
+            s.head_dim,
+            s.capacity,
+        )?;
+        self.run(&[l])
+    }
+
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        ck: &Self::Buf,
+        cv: &Self::Buf,
+        seqs: &[SeqSpan],
+        s: AttnShape,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let (rows, slots) = batch_geometry(seqs, s, ck.len.min(cv.len));
+        let t = RowTables::of(seqs, rows, slots, s.capacity)?;
+        check("attention q", q.len, rows * s.heads * s.head_dim)?;
+        check("attention out", out.len, rows * s.heads * s.head_dim)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let longest = seqs.iter().map(|q| q.pos + q.rows).max().unwrap_or(0);
+        let splits = attention_splits(rows, s.heads, longest);
+        let (slot, pos) = (self.table(&t.slot)?, self.table(&t.pos)?);
+        let dims = AttnDims {
+            rows,
+            heads: s.heads,
+            kv_heads: s.kv_heads,
+            head_dim: s.head_dim,
+            capacity: s.capacity,
+            splits,
+        };
+        let n_part = attention_part_len(rows, s.heads, s.head_dim, splits);
+        self.with_part(n_part, |part| {
+            let ls = transformer::attention_forward(
+                DType::F32,
+                self.ptr(out),
+                part,
+                self.ptr(q),
+                self.ptr(ck),
+                self.ptr(cv),
+                self.exec.ptr(&slot),
+                self.exec.ptr(&pos),
+                dims,
+            )?;
+            self.run(&ls)
+        })
+    }
+
+    fn swiglu(
+        &self,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        out: &mut Self::Buf,
+        n: usize,
+    ) -> Result<()> {
+        check("swiglu", gate.len.min(up.len).min(out.len), n)?;
+        let l = kl::swiglu_forward(DType::F32, self.ptr(out), self.ptr(gate), self.ptr(up), n)?;
+        self.run(&[l])
+    }
+
+    fn add_assign(&self, x: &mut Self::Buf, y: &Self::Buf, n: usize) -> Result<()> {
+        check("add_assign", x.len.min(y.len), n)?;
+        let px = self.ptr(x);
+        let l = kl::residual_forward(DType::F32, px, px, self.ptr(y), n)?;
+        self.run(&[l])
+    }
+}
+
+/// Rows of the batch (the end of its last span) and the slots a cache of `cache_len` values
+/// holds.
+fn batch_geometry(seqs: &[SeqSpan], s: AttnShape, cache_len: usize) -> (usize, usize) {
+    let rows = seqs.iter().map(|q| q.row_start + q.rows).max().unwrap_or(0);
+    let slots = cache_len / (s.kv_heads * s.capacity * s.head_dim).max(1);
+    (rows, slots)
+}

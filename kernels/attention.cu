@@ -1,0 +1,161 @@
+// Causal grouped-query attention against the key/value cache, the prefix included (a prefix
+// is just the first cache positions of a sequence, so it needs no special case).
+//
+// Layouts: q and out f32 [rows, heads, hd]; the caches, of storage type T, are
+// [slots, kv_heads, capacity, hd]; row r of the batch reads slot row_slot[r] and attends to
+// cache positions 0..=row_last[r]. Query head h reads key/value head h / (heads / kv_heads).
+//
+// attention_forward: grid (rows·heads, splits), 128 threads. Block (r·heads + h, s) takes
+// the s-th of `splits` equal chunks of the row's positions; each of its 4 warps walks every
+// 4th position of the chunk with an online softmax (running max m, sum l, weighted sum acc,
+// lane j holding dims j, j+32, …), so no score vector is ever stored. The warps then merge in
+// shared memory. With splits == 1 the block writes out directly (prefill: many rows); with
+// splits > 1 (decode: few rows, long caches) it writes (m, l, acc) to `part` and
+// attention_combine merges the chunks with their log-sum-exp weights (flash-decoding).
+#include "common.cuh"
+
+#define ATT_WARPS 4
+#define ATT_MAX_HD 256
+#define ATT_PER_LANE (ATT_MAX_HD / 32)
+
+template <typename T>
+__device__ void attention_forward(float* out, float* part, const float* q, const T* cache_k,
+                                  const T* cache_v, const int* row_slot, const int* row_last,
+                                  int heads, int kv_heads, int hd, int capacity, int splits,
+                                  float scale) {
+    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
+    __shared__ float s_acc[ATT_WARPS][ATT_MAX_HD];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int rh = blockIdx.x, split = blockIdx.y;
+    const int r = rh / heads, h = rh % heads;
+    const int kvh = h / (heads / kv_heads);
+    const int n_pos = row_last[r] + 1;
+    const int chunk = (n_pos + splits - 1) / splits;
+    const int p0 = split * chunk, p1 = p0 + chunk < n_pos ? p0 + chunk : n_pos;
+
+    float qr[ATT_PER_LANE], acc[ATT_PER_LANE];
+    const float* qh = q + ((idx_t)r * heads + h) * hd;
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        const int d = lane + 32 * j;
+        qr[j] = d < hd ? qh[d] * scale : 0.0f;
+        acc[j] = 0.0f;
+    }
+    const idx_t base = ((idx_t)row_slot[r] * kv_heads + kvh) * capacity;
+    float m = NEG_INF, l = 0.0f;
+    // Every lane of a warp runs the same positions: the shuffles in warp_sum stay converged.
+    for (int p = p0 + warp; p < p1; p += ATT_WARPS) {
+        const T* kp = cache_k + (base + p) * hd;
+        const T* vp = cache_v + (base + p) * hd;
+        float s = 0.0f;
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            const int d = lane + 32 * j;
+            if (d < hd) s += qr[j] * to_f32(kp[d]);
+        }
+        s = warp_sum(s);
+        const float m_new = fmaxf(m, s);
+        const float corr = __expf(m - m_new);  // 0 on the first position (m = -inf)
+        const float e = __expf(s - m_new);
+        l = l * corr + e;
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            const int d = lane + 32 * j;
+            acc[j] = acc[j] * corr + (d < hd ? e * to_f32(vp[d]) : 0.0f);
+        }
+        m = m_new;
+    }
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_l[warp] = l;
+    }
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        const int d = lane + 32 * j;
+        if (d < hd) s_acc[warp][d] = acc[j];
+    }
+    __syncthreads();
+    float mm = NEG_INF;
+    for (int w = 0; w < ATT_WARPS; w++) mm = fmaxf(mm, s_m[w]);
+    // A warp (or, with splits, a whole block) may have had no position: weight 0, and a
+    // block with none at all must not compute exp(-inf - -inf).
+    float wt[ATT_WARPS], ll = 0.0f;
+    for (int w = 0; w < ATT_WARPS; w++) {
+        wt[w] = s_m[w] == NEG_INF ? 0.0f : __expf(s_m[w] - mm);
+        ll += wt[w] * s_l[w];
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++) a += wt[w] * s_acc[w][d];
+        if (splits == 1) {
+            out[((idx_t)r * heads + h) * hd + d] = a / ll;
+        } else {
+            part[((idx_t)rh * splits + split) * (hd + 2) + 2 + d] = a;
+        }
+    }
+    if (splits > 1 && threadIdx.x == 0) {
+        float* pm = part + ((idx_t)rh * splits + split) * (hd + 2);
+        pm[0] = mm;
+        pm[1] = ll;
+    }
+}
+
+// out[r, h, :] from the `splits` partials of (r, h): Σ e^(m_s − M) acc_s / Σ e^(m_s − M) l_s.
+// Grid rows·heads, any block size; split 0 always holds position 0, so M is finite.
+__device__ void attention_combine(float* out, const float* part, int hd, int splits) {
+    const int rh = blockIdx.x;
+    const float* pr = part + (idx_t)rh * splits * (hd + 2);
+    float mm = NEG_INF;
+    for (int s = 0; s < splits; s++) mm = fmaxf(mm, pr[(idx_t)s * (hd + 2)]);
+    float ll = 0.0f;
+    for (int s = 0; s < splits; s++) {
+        const float ms = pr[(idx_t)s * (hd + 2)];
+        if (ms != NEG_INF) ll += __expf(ms - mm) * pr[(idx_t)s * (hd + 2) + 1];
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            const float ms = pr[(idx_t)s * (hd + 2)];
+            if (ms != NEG_INF) a += __expf(ms - mm) * pr[(idx_t)s * (hd + 2) + 2 + d];
+        }
+        out[(idx_t)rh * hd + d] = a / ll;
+    }
+}
+
+// cache[row_slot[r], h, row_pos[r], :] = k[r, h, :] (and v), for rows × kv_heads × hd values;
+// k and v are f32, the caches T. One thread per value.
+template <typename T>
+__device__ void kv_write(T* cache_k, T* cache_v, const float* k, const float* v,
+                         const int* row_slot, const int* row_pos, int rows, int kv_heads, int hd,
+                         int capacity) {
+    const idx_t total = (idx_t)rows * kv_heads * hd;
+    for (idx_t t = global_thread(); t < total; t += grid_threads()) {
+        const int d = (int)(t % hd);
+        const idx_t rh = t / hd;
+        const int h = (int)(rh % kv_heads), r = (int)(rh / kv_heads);
+        const idx_t dst = (((idx_t)row_slot[r] * kv_heads + h) * capacity + row_pos[r]) * hd + d;
+        cache_k[dst] = from_f32<T>(k[t]);
+        cache_v[dst] = from_f32<T>(v[t]);
+    }
+}
+
+#define ATTENTION(T, S)                                                                          \
+    extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attention_forward_##S(          \
+        float* out, float* part, const float* q, const T* cache_k, const T* cache_v,             \
+        const int* row_slot, const int* row_last, int heads, int kv_heads, int hd, int capacity, \
+        int splits, float scale) {                                                               \
+        attention_forward<T>(out, part, q, cache_k, cache_v, row_slot, row_last, heads,          \
+                             kv_heads, hd, capacity, splits, scale);                             \
+    }                                                                                            \
+    CMT_EMU_EXPORT(attention_forward_##S)                                                        \
+    extern "C" __global__ void kv_write_##S(T* cache_k, T* cache_v, const float* k,              \
+                                            const float* v, const int* row_slot,                 \
+                                            const int* row_pos, int rows, int kv_heads, int hd,  \
+                                            int capacity) {                                      \
+        kv_write<T>(cache_k, cache_v, k, v, row_slot, row_pos, rows, kv_heads, hd, capacity);    \
+    }                                                                                            \
+    CMT_EMU_EXPORT(kv_write_##S)
+ATTENTION(float, f32)
+ATTENTION(bf16, bf16)
+
+extern "C" __global__ void attention_combine_f32(float* out, const float* part, int hd,
+                                                 int splits) {
+    attention_combine(out, part, hd, splits);
+}
+CMT_EMU_EXPORT(attention_combine_f32)
