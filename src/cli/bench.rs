@@ -1,9 +1,11 @@
 //! `cmt bench`: prefill and decode tokens/s of this build on this machine.
+use super::device::{on_backend, ModelBackend};
 use super::model_arg::{self, WeightsArg};
 use anyhow::{Context, Result};
 use clap::Args;
 use cmt_runtime::bench::{measure, BenchOptions};
 use cmt_runtime::device::DeviceChoice;
+use cmt_runtime::Backend;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -30,7 +32,15 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs, device: DeviceChoice) -> Result<()> {
-    let backend = super::device::model_backend(device)?;
+    let mb = super::device::model_backend(device)?;
+    let device = match &mb {
+        ModelBackend::Cpu(_) => "cpu".to_string(),
+        ModelBackend::Cuda(b) => b.name(),
+    };
+    on_backend!(mb, |b| run_on(a, b, device))
+}
+
+fn run_on<B: Backend>(a: BenchArgs, backend: B, device: String) -> Result<()> {
     let path = model_arg::resolve(a.model)?;
     let (model, _tok) = cmt_runtime::load_model_as(&path, backend, a.weights.format)
         .with_context(|| format!("loading {}", path.display()))?;
@@ -62,7 +72,7 @@ pub fn run(a: BenchArgs, device: DeviceChoice) -> Result<()> {
             "model": path.display().to_string(),
             "weights": weights,
             "threads": threads,
-            "device": "cpu",
+            "device": device,
             "prompt_tokens": opts.prompt_tokens,
             "new_tokens": opts.new_tokens,
             "runs": opts.runs,
@@ -77,7 +87,7 @@ pub fn run(a: BenchArgs, device: DeviceChoice) -> Result<()> {
         println!("{v}");
     } else {
         println!(
-            "prefill {:.1} tok/s ({} tokens in {:.3} s)   decode {:.1} tok/s ({} tokens in {:.3} s)   weights {weights} ({matrix_mb:.0} MB of matrices, f32 {f32_mb:.0} MB), {threads} threads (medians of {} runs)",
+            "prefill {:.1} tok/s ({} tokens in {:.3} s)   decode {:.1} tok/s ({} tokens in {:.3} s)   weights {weights} ({matrix_mb:.0} MB of matrices, f32 {f32_mb:.0} MB), {device}, {threads} threads (medians of {} runs)",
             r.prefill_tok_s,
             opts.prompt_tokens,
             r.prefill_s,

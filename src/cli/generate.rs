@@ -1,10 +1,11 @@
 //! `cmt generate` and `cmt score`.
+use super::device::on_backend;
 use super::model_arg::{self, WeightsArg};
 use anyhow::{Context, Result};
 use clap::Args;
 use cmt_runtime::device::DeviceChoice;
 use cmt_runtime::tokenizer::StreamDecoder;
-use cmt_runtime::GenerateOptions;
+use cmt_runtime::{Backend, GenerateOptions};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -47,7 +48,10 @@ pub struct ScoreArgs {
 }
 
 pub fn generate(a: GenerateArgs, device: DeviceChoice) -> Result<()> {
-    let backend = super::device::model_backend(device)?;
+    on_backend!(super::device::model_backend(device)?, |b| generate_on(a, b))
+}
+
+fn generate_on<B: Backend>(a: GenerateArgs, backend: B) -> Result<()> {
     let path = model_arg::resolve(a.model)?;
     let (model, tok) = cmt_runtime::load_model_as(&path, backend, a.weights.format)
         .with_context(|| format!("loading {}", path.display()))?;
@@ -97,7 +101,10 @@ pub fn generate(a: GenerateArgs, device: DeviceChoice) -> Result<()> {
 }
 
 pub fn score(a: ScoreArgs, device: DeviceChoice) -> Result<()> {
-    let backend = super::device::model_backend(device)?;
+    on_backend!(super::device::model_backend(device)?, |b| score_on(a, b))
+}
+
+fn score_on<B: Backend>(a: ScoreArgs, backend: B) -> Result<()> {
     let path = model_arg::resolve(a.model)?;
     let (model, tok) = cmt_runtime::load_model_as(&path, backend, a.weights.format)
         .with_context(|| format!("loading {}", path.display()))?;

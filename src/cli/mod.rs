@@ -39,8 +39,9 @@ struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// Where the model runs: cpu, cuda[:N], or auto (CUDA if it can run the model, else the
-    /// CPU with a one-line note on stderr). Default cpu while the CUDA model path is missing.
+    /// Where the model runs: cpu, cuda[:N], or auto (CUDA if it can run the command, else the
+    /// CPU with a one-line note on stderr). generate, score and bench run on CUDA; the CMT
+    /// commands (ingest, ask, eval, train, demo) on the CPU only so far.
     #[arg(long, global = true, default_value = "cpu")]
     device: cmt_runtime::device::DeviceChoice,
     #[command(subcommand)]
@@ -105,26 +106,26 @@ pub fn run() -> Result<()> {
             Ok(())
         }
         Command::Demo(a) => {
-            device::model_backend(cli.device)?;
+            device::cmt_backend(cli.device)?;
             demo::run(a)
         }
         Command::Generate(a) => generate::generate(a, cli.device),
         Command::Score(a) => generate::score(a, cli.device),
         Command::Bench(a) => bench::run(a, cli.device),
         Command::Ingest(a) => {
-            device::model_backend(cli.device)?;
+            device::cmt_backend(cli.device)?;
             ingest::run(a)
         }
         Command::Ask(a) => {
-            device::model_backend(cli.device)?;
+            device::cmt_backend(cli.device)?;
             ask::run(a)
         }
         Command::Eval(a) => {
-            device::model_backend(cli.device)?;
+            device::cmt_backend(cli.device)?;
             eval::run(*a)
         }
         Command::Train(a) => {
-            device::model_backend(cli.device)?;
+            device::cmt_backend(cli.device)?;
             train::run(*a)
         }
         Command::Bank(c) => bank::run(c),

@@ -4,10 +4,11 @@
 //! a batch of two sequences of different lengths in one step, one of them behind a key/value
 //! prefix of 70 positions, then greedy decoding step by step (split attention + combine).
 use cmt_kernel_check::emu::Emu;
-use cmt_runtime::backend::{Backend, CpuBackend, DeviceBackend};
+use cmt_runtime::backend::{Backend, CpuBackend, DeviceBackend, MatData};
 use cmt_runtime::weights::{TensorSource, Weights};
 use cmt_runtime::{
     generate, Arch, GenerateOptions, KvPrefix, Logits, Model, ModelConfig, Result, SeqInput,
+    WeightFormat,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -78,8 +79,8 @@ fn weights(cfg: &ModelConfig, seed: u64) -> MapSource {
     MapSource(m)
 }
 
-fn model<B: Backend>(cfg: &ModelConfig, src: &MapSource, be: B) -> Model<B> {
-    let w = Weights::load(cfg, src, &be).expect("weights load");
+fn model<B: Backend>(cfg: &ModelConfig, src: &MapSource, be: B, wf: WeightFormat) -> Model<B> {
+    let w = Weights::load_as(cfg, src, &be, wf).expect("weights load");
     Model::new(cfg.clone(), be, w).expect("model builds")
 }
 
@@ -138,11 +139,19 @@ fn greedy<B: Backend>(m: &Model<B>, pre: &KvPrefix) -> Vec<Vec<u32>> {
     .expect("generates")
 }
 
-fn device_matches_cpu(qwen: bool) {
+/// `wf` on both backends: f32 weights, or bf16 ones (host bf16 on the CPU, resident bf16 and
+/// the bf16 kernels on the device; both multiply the same rounded weights in f32).
+fn device_matches_cpu(qwen: bool, wf: WeightFormat) {
     let cfg = config(qwen);
     let src = weights(&cfg, 11 + u64::from(qwen));
-    let cpu = model(&cfg, &src, CpuBackend);
-    let dev = model(&cfg, &src, DeviceBackend::new(Emu, "emulated device"));
+    let cpu = model(&cfg, &src, CpuBackend, wf);
+    let dev = model(&cfg, &src, DeviceBackend::new(Emu, "emulated device"), wf);
+    if wf == WeightFormat::Bf16 {
+        assert!(
+            matches!(dev.weights.layers[0].wq.data, MatData::DeviceBf16(_)),
+            "bf16 weights stay resident as bf16 on the device"
+        );
+    }
     // 70 prefix positions: decode attention over > 64 positions splits (flash-decoding).
     let pre = prefix(&cfg, 70, 5);
     let (c1, c2) = batched_logits(&cpu, &pre);
@@ -156,12 +165,24 @@ fn device_matches_cpu(qwen: bool) {
 
 #[test]
 fn llama_with_gqa_on_the_emulated_device_matches_the_cpu() {
-    device_matches_cpu(false);
+    device_matches_cpu(false, WeightFormat::F32);
+}
+
+#[test]
+fn llama_with_bf16_weights_on_the_emulated_device_matches_the_cpu() {
+    device_matches_cpu(false, WeightFormat::Bf16);
 }
 
 #[test]
 fn qwen2_with_biases_and_tied_embeddings_on_the_emulated_device_matches_the_cpu() {
-    device_matches_cpu(true);
+    device_matches_cpu(true, WeightFormat::F32);
+}
+
+/// Tied embeddings in bf16: the lookup widens bf16 rows to f32 (embedding_forward_bf16_f32)
+/// and the LM head runs the bf16 matmul over the same buffer.
+#[test]
+fn qwen2_with_bf16_tied_embeddings_on_the_emulated_device_matches_the_cpu() {
+    device_matches_cpu(true, WeightFormat::Bf16);
 }
 
 /// A token id outside the vocabulary is an error naming it, as on the CPU, not a wild read.
@@ -172,6 +193,7 @@ fn out_of_vocabulary_id_is_an_error() {
         &cfg,
         &weights(&cfg, 3),
         DeviceBackend::new(Emu, "emulated device"),
+        WeightFormat::F32,
     );
     let mut sess = dev.session(1, 8).expect("session");
     let err = dev

@@ -35,48 +35,75 @@ impl FromStr for DeviceChoice {
     }
 }
 
-/// Whether the transformer forward pass runs on CUDA yet. The kernels and the device layer
-/// exist; the CUDA `Backend` implementation does not, so the model always runs on the CPU.
-pub const CUDA_MODEL_PATH: bool = false;
+/// Whether a command's model can run on CUDA: `Err(why not)` for the commands that still run
+/// only on the CPU.
+pub type CudaSupport = Result<(), &'static str>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error("--device cuda:{ordinal}: {err}")]
     Cuda { ordinal: usize, err: CudaError },
-    #[error("--device cuda:{0}: found {1}, but running the model on CUDA is not implemented yet (only its kernels are); use --device cpu or auto")]
-    ModelPathMissing(usize, String),
+    #[error("--device cuda:{ordinal}: found {gpu}, but {why}; use --device cpu or auto")]
+    CpuOnly {
+        ordinal: usize,
+        gpu: String,
+        why: &'static str,
+    },
+}
+
+/// Where the model runs.
+pub enum Target {
+    Cpu,
+    Cuda(Gpu),
+}
+
+impl Target {
+    pub fn device(&self) -> Device {
+        match self {
+            Target::Cpu => Device::Cpu,
+            Target::Cuda(g) => Device::Cuda(g.ordinal()),
+        }
+    }
 }
 
 /// The device the model runs on, plus a one-line note for stderr when `auto` fell back to
 /// the CPU. An explicit `cuda` never falls back: it is an error if it cannot be honoured.
-pub fn resolve_for_model(choice: DeviceChoice) -> Result<(Device, Option<String>), DeviceError> {
+pub fn resolve_for_model(
+    choice: DeviceChoice,
+    support: CudaSupport,
+) -> Result<(Target, Option<String>), DeviceError> {
     match choice {
-        DeviceChoice::Cpu => Ok((Device::Cpu, None)),
+        DeviceChoice::Cpu => Ok((Target::Cpu, None)),
         DeviceChoice::Cuda(ordinal) => {
             let gpu = Gpu::open(ordinal).map_err(|err| DeviceError::Cuda { ordinal, err })?;
-            if CUDA_MODEL_PATH {
-                Ok((Device::Cuda(ordinal), None))
-            } else {
-                Err(DeviceError::ModelPathMissing(ordinal, gpu.describe()))
+            match support {
+                Ok(()) => Ok((Target::Cuda(gpu), None)),
+                Err(why) => Err(DeviceError::CpuOnly {
+                    ordinal,
+                    gpu: gpu.describe(),
+                    why,
+                }),
             }
         }
         DeviceChoice::Auto => match Gpu::open(0) {
             Err(CudaError::NoDriver) => Ok((
-                Device::Cpu,
+                Target::Cpu,
                 Some("cmt: no CUDA driver found, using the CPU".into()),
             )),
             Err(e) => Ok((
-                Device::Cpu,
+                Target::Cpu,
                 Some(format!("cmt: CUDA unavailable ({e}), using the CPU")),
             )),
-            Ok(_) if CUDA_MODEL_PATH => Ok((Device::Cuda(0), None)),
-            Ok(gpu) => Ok((
-                Device::Cpu,
-                Some(format!(
-                    "cmt: {} found, but the CUDA model path is not implemented yet; using the CPU",
-                    gpu.describe()
+            Ok(gpu) => match support {
+                Ok(()) => Ok((Target::Cuda(gpu), None)),
+                Err(why) => Ok((
+                    Target::Cpu,
+                    Some(format!(
+                        "cmt: {} found, but {why}; using the CPU",
+                        gpu.describe()
+                    )),
                 )),
-            )),
+            },
         },
     }
 }
@@ -97,14 +124,29 @@ mod tests {
 
     #[test]
     fn auto_never_fails_and_cpu_needs_nothing() {
-        assert_eq!(
-            resolve_for_model(DeviceChoice::Cpu).ok(),
-            Some((Device::Cpu, None))
-        );
-        let (dev, note) = resolve_for_model(DeviceChoice::Auto).expect("auto always resolves");
-        if !CUDA_MODEL_PATH {
-            assert_eq!(dev, Device::Cpu);
-            assert!(note.is_some());
+        for support in [Ok(()), Err("not here")] {
+            let (t, note) = resolve_for_model(DeviceChoice::Cpu, support).expect("cpu resolves");
+            assert_eq!((t.device(), note), (Device::Cpu, None));
+            let (t, note) = resolve_for_model(DeviceChoice::Auto, support).expect("auto resolves");
+            // Without a usable GPU, or for a CPU-only command, auto says why in one line.
+            if t.device() == Device::Cpu {
+                assert!(note.is_some_and(|n| n.starts_with("cmt: ")));
+            }
         }
+    }
+
+    /// An explicit `cuda` on a machine without a driver is an error naming the device.
+    #[test]
+    fn explicit_cuda_without_a_driver_is_an_error() {
+        if crate::cuda::gpu::driver_present() {
+            return;
+        }
+        let err = resolve_for_model(DeviceChoice::Cuda(0), Ok(()))
+            .err()
+            .expect("no driver: an error");
+        assert_eq!(
+            err.to_string(),
+            "--device cuda:0: no CUDA driver found (libcuda.so is not loadable)"
+        );
     }
 }

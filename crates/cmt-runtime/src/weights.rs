@@ -97,11 +97,9 @@ impl<B: Backend> Weights<B> {
     ) -> Result<Self> {
         let mat = |name: &str, rows: usize, cols: usize| -> Result<Mat<B>> {
             if format == WeightFormat::Native {
-                if let Some(mut q) = src.load_quant(name, [rows, cols])? {
-                    q.act_planes = ACTIVATION_PLANES;
-                    q.pack();
+                if let Some(q) = src.load_quant(name, [rows, cols])? {
                     return Ok(Mat {
-                        data: MatData::Quant(q),
+                        data: be.quant_matrix(q)?,
                         rows,
                         cols,
                     });
@@ -111,7 +109,7 @@ impl<B: Backend> Weights<B> {
             check_finite(src.path(), name, &data)?;
             if format == WeightFormat::Bf16 {
                 return Ok(Mat {
-                    data: MatData::Bf16(Bf16Matrix::from_f32(rows, cols, &data)),
+                    data: be.bf16_matrix(Bf16Matrix::from_f32(rows, cols, &data))?,
                     rows,
                     cols,
                 });
@@ -171,7 +169,9 @@ impl<B: Backend> Weights<B> {
     pub fn embed_rows(&self, be: &B, ids: &[u32], out: &mut B::Buf, out_row: usize) -> Result<()> {
         let e = &self.embed;
         match &e.data {
-            MatData::Dense(buf) => be.gather_rows(buf, e.cols, ids, out, out_row),
+            MatData::Dense(buf) | MatData::DeviceBf16(buf) => {
+                be.gather_rows(buf, e.cols, ids, out, out_row)
+            }
             MatData::Quant(_) | MatData::Bf16(_) => {
                 let mut host = vec![0.0f32; ids.len() * e.cols];
                 for (row, &id) in host.chunks_exact_mut(e.cols).zip(ids) {
@@ -199,6 +199,7 @@ impl<B: Backend> Weights<B> {
                 .as_ref()
                 .map_or(q.bytes() + q.table_bytes(), |p| p.bytes()),
             MatData::Bf16(b) => b.bytes(),
+            MatData::DeviceBf16(_) => m.rows * m.cols * 2,
         })
     }
 
@@ -227,7 +228,7 @@ impl<B: Backend> Weights<B> {
 /// 6e-6 of HF's, for no decode speed this machine can resolve (`docs/perf.md`). Matrices
 /// with a packed copy (every kept type, wherever AVX2 or AVX-512 runs) quantise their input
 /// to 16 bits instead, the same accuracy in one operand (`quant::packed`).
-const ACTIVATION_PLANES: usize = 2;
+pub(crate) const ACTIVATION_PLANES: usize = 2;
 
 /// A NaN or infinity in a weight is a damaged file; say which tensor and where.
 fn check_finite(path: &Path, name: &str, data: &[f32]) -> Result<()> {

@@ -1,21 +1,26 @@
 //! The device backend: the op trait on kernels/*.cu, for any kernel executor — a GPU
 //! ([`crate::cuda::Gpu`]) or the CPU emulator of the kernels (`cmt-kernel-check`), which runs
-//! the whole model through the unchanged CUDA sources in the tests. Buffers are f32 on the
-//! device; weights are f32 (the golden path). Every op checks its buffers' sizes before it
-//! launches: that check is what makes each launch's pointer arguments valid.
-use super::{AttnShape, Backend, Mat, MatData, RopeTable, SeqSpan};
+//! the whole model through the unchanged CUDA sources in the tests. Activations and caches
+//! are f32 on the device; weight matrices are f32 (`--weights f32`, the golden path) or bf16
+//! (`--weights bf16`, and `native`, whose GGUF blocks are dequantised to bf16 at load), math
+//! in f32. Every op checks its buffers' sizes and types before it launches: that check is what
+//! makes each launch's pointer arguments valid.
+use super::{AttnShape, Backend, Bf16Matrix, Mat, MatData, QuantMatrix, RopeTable, SeqSpan};
 use crate::cuda::launch::transformer::{
     self, attention_part_len, attention_splits, AttnDims, MatmulKernel, RowTables,
 };
 use crate::cuda::launch::{self as kl, DType, Launch};
 use crate::cuda::Exec;
 use crate::error::{Error, Result};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// A device buffer of `len` f32 values.
+/// A device buffer of `len` values of `dtype`: f32 for every activation and cache, bf16 only
+/// for the weight matrices of [`MatData::DeviceBf16`].
 pub struct DeviceBuf<B> {
     raw: B,
     len: usize,
+    dtype: DType,
 }
 
 pub struct DeviceBackend<E: Exec> {
@@ -24,6 +29,19 @@ pub struct DeviceBackend<E: Exec> {
     /// Scratch for attention's split partials, grown on demand and reused: launches on one
     /// stream run in order, so the next call cannot overwrite partials still being read.
     part: Mutex<Option<DeviceBuf<E::Buf>>>,
+    /// The small i32 tables of a step (positions, row slots, ids) by role, with the host copy
+    /// they hold: the 30 layers of a step pass the same tables, so each is uploaded once per
+    /// step, not once per op. Rewriting one in place is safe for the same reason as `part`.
+    tables: Mutex<HashMap<&'static str, Table<E::Buf>>>,
+    /// Held by an op from its table uploads to its last launch, so that two threads sharing
+    /// the backend cannot rewrite a table between another op's upload and its launch.
+    serial: Mutex<()>,
+}
+
+struct Table<B> {
+    host: Vec<i32>,
+    buf: B,
+    cap: usize,
 }
 
 fn check(what: &str, have: usize, need: usize) -> Result<()> {
@@ -45,11 +63,26 @@ impl<E: Exec> DeviceBackend<E> {
             exec,
             name: name.into(),
             part: Mutex::new(None),
+            tables: Mutex::new(HashMap::new()),
+            serial: Mutex::new(()),
         }
     }
 
     pub fn exec(&self) -> &E {
         &self.exec
+    }
+
+    fn upload_bf16(&self, m: &Bf16Matrix) -> Result<DeviceBuf<E::Buf>> {
+        let raw = self.exec.upload(bytemuck::cast_slice(m.values()))?;
+        Ok(DeviceBuf {
+            raw,
+            len: m.rows * m.cols,
+            dtype: DType::Bf16,
+        })
+    }
+
+    fn serial(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.serial.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn ptr(&self, b: &DeviceBuf<E::Buf>) -> u64 {
@@ -67,8 +100,32 @@ impl<E: Exec> DeviceBackend<E> {
         Ok(())
     }
 
-    fn table(&self, v: &[i32]) -> Result<E::Buf> {
-        Ok(self.exec.upload(i32s(v))?)
+    /// Device address of the table `role` holding `v`, uploading only when it changed. The
+    /// address stays valid until the next call for the same role.
+    fn table(&self, role: &'static str, v: &[i32]) -> Result<u64> {
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        match tables.get_mut(role) {
+            Some(t) if t.host == v => {}
+            Some(t) if t.cap >= v.len() => {
+                self.exec.write(&mut t.buf, 0, i32s(v))?;
+                t.host.clear();
+                t.host.extend_from_slice(v);
+            }
+            _ => {
+                let cap = v.len().next_power_of_two().max(64);
+                let mut buf = self.exec.alloc(cap * 4)?;
+                self.exec.write(&mut buf, 0, i32s(v))?;
+                tables.insert(
+                    role,
+                    Table {
+                        host: v.to_vec(),
+                        buf,
+                        cap,
+                    },
+                );
+            }
+        }
+        Ok(self.exec.ptr(&tables[role].buf))
     }
 
     /// The partials buffer, at least `n` values long.
@@ -93,21 +150,25 @@ impl<E: Exec> Backend for DeviceBackend<E> {
         Ok(DeviceBuf {
             raw,
             len: data.len(),
+            dtype: DType::F32,
         })
     }
     fn zeros(&self, n: usize) -> Result<Self::Buf> {
         Ok(DeviceBuf {
             raw: self.exec.alloc(n * 4)?,
             len: n,
+            dtype: DType::F32,
         })
     }
     fn download(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()> {
+        f32_buf("download", buf)?;
         check("download", buf.len, offset + out.len())?;
         Ok(self
             .exec
             .read(&buf.raw, offset * 4, bytemuck::cast_slice_mut(out))?)
     }
     fn write(&self, buf: &mut Self::Buf, offset: usize, data: &[f32]) -> Result<()> {
+        f32_buf("write", buf)?;
         check("write", buf.len, offset + data.len())?;
         Ok(self
             .exec
@@ -115,6 +176,17 @@ impl<E: Exec> Backend for DeviceBackend<E> {
     }
     fn len(&self, buf: &Self::Buf) -> usize {
         buf.len
+    }
+
+    fn bf16_matrix(&self, m: Bf16Matrix) -> Result<MatData<Self>> {
+        Ok(MatData::DeviceBf16(self.upload_bf16(&m)?))
+    }
+    /// GGUF blocks have no device kernel: dequantised once at load, kept as bf16 (the f32
+    /// value of a block's scale times a small integer, rounded to bf16's 8 bits).
+    fn quant_matrix(&self, q: QuantMatrix) -> Result<MatData<Self>> {
+        let mut f = vec![0.0f32; q.rows * q.cols];
+        q.dequantize_rows(0, q.rows, &mut f);
+        self.bf16_matrix(Bf16Matrix::from_f32(q.rows, q.cols, &f))
     }
 
     fn gather_rows(
@@ -135,18 +207,18 @@ impl<E: Exec> Backend for DeviceBackend<E> {
         if idx.is_empty() || width == 0 {
             return Ok(());
         }
+        f32_buf("gather_rows out", out)?;
         let ids: Vec<i32> = idx.iter().map(|&r| r as i32).collect();
-        let ids = self.table(&ids)?;
+        let _serial = self.serial();
+        let ids = self.table("gather", &ids)?;
         let dst = self.ptr(out) + (out_row * width * 4) as u64;
-        let l = kl::embedding_forward(
-            DType::F32,
-            dst,
-            self.ptr(src),
-            self.exec.ptr(&ids),
-            idx.len(),
-            width,
-            n_src,
-        )?;
+        let table = self.ptr(src);
+        let l = match src.dtype {
+            DType::F32 => {
+                kl::embedding_forward(DType::F32, dst, table, ids, idx.len(), width, n_src)?
+            }
+            DType::Bf16 => kl::embedding_forward_widen(dst, table, ids, idx.len(), width, n_src)?,
+        };
         self.run(&[l])
     }
 
@@ -189,18 +261,20 @@ impl<E: Exec> Backend for DeviceBackend<E> {
             check("matmul bias", b.len, n)?;
         }
         let wbuf = match &w.data {
-            MatData::Dense(b) => b,
-            MatData::Quant(_) | MatData::Bf16(_) => return Err(Error::Invalid(format!(
-                "{}: the device backend holds f32 weights only; load the model with --weights f32",
-                self.name
-            ))),
+            MatData::Dense(b) | MatData::DeviceBf16(b) => b,
+            MatData::Quant(_) | MatData::Bf16(_) => {
+                return Err(Error::Invalid(format!(
+                    "{}: a weight matrix in host memory reached the device backend",
+                    self.name
+                )))
+            }
         };
         check("matmul w", wbuf.len, n * k)?;
         if m == 0 || n == 0 {
             return Ok(());
         }
         let l = transformer::matmul_nt(
-            DType::F32,
+            wbuf.dtype,
             MatmulKernel::Auto,
             self.ptr(out),
             self.ptr(x),
@@ -234,12 +308,13 @@ impl<E: Exec> Backend for DeviceBackend<E> {
             return Ok(());
         }
         let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
-        let pos = self.table(&pos)?;
+        let _serial = self.serial();
+        let pos = self.table("positions", &pos)?;
         let l = kl::rope(
             DType::F32,
             false,
             self.ptr(x),
-            self.exec.ptr(&pos),
+            pos,
             self.ptr(&t.cos),
             self.ptr(&t.sin),
             positions.len(),
@@ -266,15 +341,19 @@ impl<E: Exec> Backend for DeviceBackend<E> {
         if rows == 0 {
             return Ok(());
         }
-        let (slot, pos) = (self.table(&t.slot)?, self.table(&t.pos)?);
+        let _serial = self.serial();
+        let (slot, pos) = (
+            self.table("row_slot", &t.slot)?,
+            self.table("row_pos", &t.pos)?,
+        );
         let l = transformer::kv_write(
             DType::F32,
             self.ptr(ck),
             self.ptr(cv),
             self.ptr(k),
             self.ptr(v),
-            self.exec.ptr(&slot),
-            self.exec.ptr(&pos),
+            slot,
+            pos,
             rows,
             s.kv_heads,
             s.head_dim,
@@ -301,7 +380,11 @@ impl<E: Exec> Backend for DeviceBackend<E> {
         }
         let longest = seqs.iter().map(|q| q.pos + q.rows).max().unwrap_or(0);
         let splits = attention_splits(rows, s.heads, longest);
-        let (slot, pos) = (self.table(&t.slot)?, self.table(&t.pos)?);
+        let _serial = self.serial();
+        let (slot, pos) = (
+            self.table("row_slot", &t.slot)?,
+            self.table("row_pos", &t.pos)?,
+        );
         let dims = AttnDims {
             rows,
             heads: s.heads,
@@ -319,8 +402,8 @@ impl<E: Exec> Backend for DeviceBackend<E> {
                 self.ptr(q),
                 self.ptr(ck),
                 self.ptr(cv),
-                self.exec.ptr(&slot),
-                self.exec.ptr(&pos),
+                slot,
+                pos,
                 dims,
             )?;
             self.run(&ls)
@@ -345,6 +428,17 @@ impl<E: Exec> Backend for DeviceBackend<E> {
         let l = kl::residual_forward(DType::F32, px, px, self.ptr(y), n)?;
         self.run(&[l])
     }
+}
+
+/// Activations must be f32 buffers (only weight matrices are bf16).
+fn f32_buf<B>(what: &str, b: &DeviceBuf<B>) -> Result<()> {
+    if b.dtype != DType::F32 {
+        return Err(Error::Invalid(format!(
+            "{what}: a {:?} buffer where f32 activations belong",
+            b.dtype
+        )));
+    }
+    Ok(())
 }
 
 /// Rows of the batch (the end of its last span) and the slots a cache of `cache_len` values

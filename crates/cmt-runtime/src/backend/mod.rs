@@ -50,8 +50,11 @@ pub enum MatData<B: Backend + ?Sized> {
     Dense(B::Buf),
     /// GGUF blocks in host memory (`--weights native`; the CPU backend's matmul reads them).
     Quant(QuantMatrix),
-    /// bf16 in host memory (`--weights bf16`).
+    /// bf16 in host memory (`--weights bf16` on the CPU).
     Bf16(Bf16Matrix),
+    /// bf16 resident on the backend's device (`--weights bf16` or `native` on the device
+    /// backend; only a backend whose buffers can hold bf16 makes these).
+    DeviceBf16(B::Buf),
 }
 
 impl<B: Backend + ?Sized> Mat<B> {
@@ -72,7 +75,7 @@ impl<B: Backend + ?Sized> Mat<B> {
                  kept (--weights native); load it with --weights f32",
                 q.ty
             ))),
-            MatData::Bf16(_) => Err(crate::Error::Invalid(format!(
+            MatData::Bf16(_) | MatData::DeviceBf16(_) => Err(crate::Error::Invalid(format!(
                 "{what} needs f32 weights, but this model was loaded as bf16 \
                  (--weights bf16); load it with --weights f32"
             ))),
@@ -82,7 +85,7 @@ impl<B: Backend + ?Sized> Mat<B> {
     pub fn quant(&self) -> Option<&QuantMatrix> {
         match &self.data {
             MatData::Quant(q) => Some(q),
-            MatData::Dense(_) | MatData::Bf16(_) => None,
+            MatData::Dense(_) | MatData::Bf16(_) | MatData::DeviceBf16(_) => None,
         }
     }
 
@@ -107,6 +110,11 @@ impl<B: Backend + ?Sized> Mat<B> {
                 b.dequantize_rows(r, r + 1, out);
                 Ok(())
             }
+            MatData::DeviceBf16(b) => {
+                let mut row = be.zeros(self.cols)?;
+                be.gather_rows(b, self.cols, &[r as u32], &mut row, 0)?;
+                be.download(&row, 0, &mut out[..self.cols])
+            }
         }
     }
 }
@@ -123,8 +131,28 @@ pub trait Backend: Send + Sync {
     fn write(&self, buf: &mut Self::Buf, offset: usize, data: &[f32]) -> Result<()>;
     fn len(&self, buf: &Self::Buf) -> usize;
 
+    /// How this backend keeps a weight matrix loaded as bf16 (`--weights bf16`): in host
+    /// memory unless it overrides this (the device backend puts it on the device).
+    fn bf16_matrix(&self, m: Bf16Matrix) -> Result<MatData<Self>>
+    where
+        Self: Sized,
+    {
+        Ok(MatData::Bf16(m))
+    }
+    /// How this backend keeps a matrix of GGUF blocks (`--weights native`): the blocks
+    /// themselves, in the packed layout of the CPU's integer kernels, unless it overrides this.
+    fn quant_matrix(&self, mut q: QuantMatrix) -> Result<MatData<Self>>
+    where
+        Self: Sized,
+    {
+        q.act_planes = crate::weights::ACTIVATION_PLANES;
+        q.pack();
+        Ok(MatData::Quant(q))
+    }
+
     /// out[out_row + i, :] = src[idx[i], :] for rows of `width` values (embedding lookup,
-    /// picking the rows that need logits). An index past `src` is an error, not a panic.
+    /// picking the rows that need logits; `src` may also be the buffer of a
+    /// [`MatData::DeviceBf16`] matrix). An index past `src` is an error, not a panic.
     fn gather_rows(
         &self,
         src: &Self::Buf,

@@ -72,6 +72,10 @@ impl Gpu {
         }
     }
 
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
     pub fn describe(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         match self.ctx.compute_capability() {

@@ -111,6 +111,20 @@ fn ew_grid(n: usize) -> u32 {
     (n as u64).div_ceil(u64::from(EW_BLOCK)).min(EW_MAX_GRID) as u32
 }
 
+/// out[i, :] = table[ids[i], :] with a bf16 table and f32 rows (bf16 weights on the device).
+pub fn embedding_forward_widen(
+    out: u64,
+    table: u64,
+    ids: u64,
+    n: usize,
+    d: usize,
+    vocab: usize,
+) -> Result<Launch, CudaError> {
+    let mut l = embedding_forward(DType::Bf16, out, table, ids, n, d, vocab)?;
+    l.entry = "embedding_forward_bf16_f32".into();
+    Ok(l)
+}
+
 /// out[i, :] = table[ids[i], :]; `ids` are i32 already checked to be < vocab.
 pub fn embedding_forward(
     dt: DType,

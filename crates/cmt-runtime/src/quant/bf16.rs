@@ -45,6 +45,11 @@ impl Bf16Matrix {
         }
     }
 
+    /// Every value, row after row.
+    pub fn values(&self) -> &[bf16] {
+        &self.data
+    }
+
     pub fn bytes(&self) -> usize {
         self.data.len() * 2
     }
