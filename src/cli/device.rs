@@ -14,7 +14,7 @@ const CMT_CPU_ONLY: &str = "the CMT commands (ingest, ask, eval, train, demo) ru
 /// The backend of a command that runs only the transformer (generate, score, bench).
 pub enum ModelBackend {
     Cpu(CpuBackend),
-    Cuda(DeviceBackend<Gpu>),
+    Cuda(Box<DeviceBackend<Gpu>>),
 }
 
 /// Runs `$body` with `$b` bound to the chosen backend, whichever type it has.
@@ -22,7 +22,10 @@ macro_rules! on_backend {
     ($mb:expr, |$b:ident| $body:expr) => {
         match $mb {
             $crate::cli::device::ModelBackend::Cpu($b) => $body,
-            $crate::cli::device::ModelBackend::Cuda($b) => $body,
+            $crate::cli::device::ModelBackend::Cuda($b) => {
+                let $b = *$b;
+                $body
+            }
         }
     };
 }
@@ -42,7 +45,7 @@ pub fn model_backend(choice: DeviceChoice) -> Result<ModelBackend> {
         Target::Cpu => ModelBackend::Cpu(CpuBackend),
         Target::Cuda(gpu) => {
             let name = gpu.describe();
-            ModelBackend::Cuda(DeviceBackend::new(gpu, name))
+            ModelBackend::Cuda(Box::new(DeviceBackend::new(gpu, name)))
         }
     })
 }
