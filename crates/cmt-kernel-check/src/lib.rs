@@ -7,5 +7,6 @@ pub mod cases;
 pub mod cases_compress;
 pub mod emu;
 pub mod exec;
+pub mod model_check;
 
 pub use exec::{CheckError, Exec};

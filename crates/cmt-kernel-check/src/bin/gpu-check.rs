@@ -2,9 +2,14 @@
 //! kernel from the embedded PTX against the CPU references on random inputs, then times it
 //! with CUDA events and prints max error, time and achieved GB/s. Built by
 //! scripts/gpu-check.sh. Exit status: 0 all passed, 1 a kernel failed, 2 no usable GPU.
-use cmt_kernel_check::{cases, CheckError, Exec};
+use cmt_kernel_check::cases::transformer::{self, Batch};
+use cmt_kernel_check::{cases, model_check, CheckError, Exec};
+use cmt_runtime::bench::BenchOptions;
 use cmt_runtime::cuda::gpu::DeviceBuffer;
+use cmt_runtime::cuda::launch::transformer::{attention_splits, MatmulKernel};
 use cmt_runtime::cuda::{CudaError, DType, Gpu, Launch};
+use cmt_runtime::WeightFormat;
+use std::path::PathBuf;
 
 /// The GPU as a case executor: each launch is waited for, so a fault is reported by the
 /// kernel that caused it.
@@ -60,6 +65,72 @@ fn all_cases(g: &OnGpu, dt: DType, quick: bool) -> Result<Vec<cases::Outcome>, C
     v.extend(cases::swiglu(g, dt, tok * ffn, 5)?);
     v.push(cases::residual(g, dt, tok * d, 6)?);
     v.push(cases::cross_entropy(g, dt, xent_rows, vocab, 7)?);
+    // The transformer's matmuls at prefill (tiled) and decode (GEMV) shapes: q/o, gate/up,
+    // down, and the LM head for a few rows (its f64 reference is the slow part).
+    let m = if quick { 65 } else { 512 };
+    for (n, k) in [(d, d), (ffn, d), (d, ffn)] {
+        v.push(transformer::matmul(
+            g,
+            dt,
+            MatmulKernel::Tiled,
+            m,
+            n,
+            k,
+            false,
+            8,
+        )?);
+        v.push(transformer::matmul(
+            g,
+            dt,
+            MatmulKernel::Gemv,
+            1,
+            n,
+            k,
+            false,
+            9,
+        )?);
+    }
+    v.push(transformer::matmul(
+        g,
+        dt,
+        MatmulKernel::Gemv,
+        1,
+        vocab,
+        d,
+        false,
+        10,
+    )?);
+    v.push(transformer::matmul(
+        g,
+        dt,
+        MatmulKernel::Gemv,
+        4,
+        vocab,
+        d,
+        false,
+        11,
+    )?);
+    // Attention: a prefill of m rows in one sequence, and decode of 4 sequences over long
+    // caches with the backend's split choice (flash-decoding).
+    let cap = if quick { 600 } else { 4096 };
+    let pre = Batch::new(heads, 3, hd, m, 1, &[(0, 0, m)]);
+    v.push(transformer::kv_write(g, dt, &pre, 12)?);
+    v.push(transformer::attention(g, dt, &pre, 1, 13)?);
+    let dec = Batch::new(
+        heads,
+        3,
+        hd,
+        cap,
+        4,
+        &[
+            (0, cap - 1, 1),
+            (1, cap / 2, 1),
+            (2, 17, 1),
+            (3, cap - 200, 1),
+        ],
+    );
+    let splits = attention_splits(4, heads, cap);
+    v.push(transformer::attention(g, dt, &dec, splits, 14)?);
     Ok(v)
 }
 
@@ -119,6 +190,98 @@ fn main() {
             std::process::exit(1);
         }
     }
-    println!("GB/s counts the minimum bytes each kernel must move; compare with the GPU's peak (H100 SXM ≈ 3350 GB/s).");
+    println!("GB/s counts the minimum bytes each kernel must move; compare with the GPU's peak (H100 SXM ≈ 3350 GB/s, H200 ≈ 4800 GB/s).");
+    failed += model_checks(&g, quick);
     std::process::exit(i32::from(failed > 0));
+}
+
+fn arg_value(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// The whole model on the device backend: the golden fixtures (when the model and the
+/// fixtures are there: `--model`, `--fixtures`, or staged beside this binary), then speed of
+/// random-weight models. Returns the number of failed checks.
+fn model_checks(g: &OnGpu, quick: bool) -> usize {
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from))
+        .unwrap_or_default();
+    let (staged_model, staged_fx) = model_check::staged(&bin_dir);
+    let model = arg_value("--model").map_or(staged_model, PathBuf::from);
+    let fixtures = arg_value("--fixtures").map_or(staged_fx, PathBuf::from);
+    let mut failed = 0;
+    match (model.is_file(), model_check::Fixtures::load(&fixtures)) {
+        (true, Ok(fx)) => {
+            println!(
+                "\ngolden fixtures on the device backend ({})",
+                model.display()
+            );
+            for wf in [WeightFormat::F32, WeightFormat::Bf16] {
+                let be = cmt_runtime::backend::DeviceBackend::new(&g.0, "cuda");
+                let lines = cmt_runtime::load_model_as(&model, be, wf)
+                    .map_err(|e| e.to_string())
+                    .and_then(|(m, _)| model_check::golden(&m, &fx, wf));
+                match lines {
+                    Ok(lines) => {
+                        for l in lines {
+                            failed += usize::from(!l.passed);
+                            let st = if l.passed { "ok" } else { "FAIL" };
+                            println!(
+                                "{:<64} {:>10.3e}  bound {:>8.1e}  {st}",
+                                l.what, l.value, l.bound
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        println!("golden {wf}: FAIL {e}");
+                    }
+                }
+            }
+        }
+        (m, fx) => println!(
+            "\ngolden fixtures: SKIPPED (model {} {}, fixtures {}: {})",
+            model.display(),
+            if m { "found" } else { "missing" },
+            fixtures.display(),
+            fx.err().unwrap_or_default()
+        ),
+    }
+    let opts = BenchOptions {
+        prompt_tokens: if quick { 128 } else { 512 },
+        new_tokens: if quick { 16 } else { 64 },
+        warmup: 1,
+        runs: if quick { 2 } else { 3 },
+    };
+    println!(
+        "\nspeed, random weights, {} prompt + {} new tokens, medians of {} runs",
+        opts.prompt_tokens, opts.new_tokens, opts.runs
+    );
+    let mut rows = vec![
+        ("smollm2-135m", WeightFormat::F32),
+        ("smollm2-135m", WeightFormat::Bf16),
+    ];
+    if !quick {
+        rows.push(("llama-7b", WeightFormat::Bf16));
+    }
+    for (shape, wf) in rows {
+        match model_check::speed(&g.0, "cuda", shape, wf, &opts) {
+            Ok(r) => println!(
+                "SPEED {{\"shape\": \"{shape}\", \"weights\": \"{wf}\", \"prefill_tok_s\": {:.1}, \"decode_tok_s\": {:.1}, \"decode_weight_gb_s\": {:.0}, \"matrix_mb\": {:.0}}}",
+                r.report.prefill_tok_s,
+                r.report.decode_tok_s,
+                r.decode_gb_s(),
+                r.matrix_bytes as f64 / 1e6
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("speed {shape} {wf}: FAIL {e}");
+            }
+        }
+    }
+    failed
 }
