@@ -7,6 +7,12 @@
 //   sub-tile, walking k in steps of 16 through shared-memory tiles of x and w (prefill);
 // - matmul_nt_gemv: one warp per output feature, m ≤ GEMV_MAX_M rows of x at once (decode,
 //   where the weights are read once per token and nothing is reused across rows).
+// - matmul_nt_mma_bf16: bf16 weights on the tensor cores (mma.sync m16n8k16, f32 accumulate;
+//   x rounded to bf16 as it enters shared memory), a 64×64 tile per block of 4 warps, each
+//   warp 32×32 = 2×4 mma tiles. The emulator runs the same kernel with `mma_bf16_16816`
+//   replaced by a warp-shuffle model of the instruction's fragment layout (PTX ISA,
+//   "Matrix Fragments for mma.m16n8k16"), so the indexing is checked on the CPU; the real
+//   instruction is checked by gpu-check, and the backend self-tests it before trusting it.
 // VEC variants read 4 consecutive k at once (16-byte x loads, 16/8-byte w loads); the host
 // picks them only when k % 4 == 0, so every row start stays 16-byte aligned for f32 (8 for
 // bf16) given an aligned base pointer (device allocations are 256-byte aligned).
@@ -152,3 +158,119 @@ __device__ void matmul_nt_gemv(float* out, const float* x, const T* w, const flo
     CMT_EMU_EXPORT(matmul_nt_gemv_vec_##S)
 MATMUL(float, f32)
 MATMUL(bf16, bf16)
+
+// ---- tensor cores -------------------------------------------------------------------------
+#define MMA_BK 32
+#define MMA_THREADS 128
+// Row stride of the shared tiles in bf16: 40 keeps each row 4-byte aligned for the paired
+// loads below and staggers rows by 20 banks, so the 8 rows of a fragment load hit distinct
+// banks.
+#define MMA_LD (MMA_BK + 8)
+
+// Two consecutive bf16 (p 4-byte aligned) as the .b32 register an mma fragment holds.
+__device__ __forceinline__ unsigned ld_pair(const bf16* p) {
+#ifdef __CUDA_ARCH__
+    return *reinterpret_cast<const unsigned*>(p);
+#else
+    unsigned v;
+    std::memcpy(&v, p, 4);
+    return v;
+#endif
+}
+
+#ifndef __CUDA_ARCH__
+// The emulator's model of mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32: lane = 4g + t
+// holds A[g][2t..2t+1] (a0), A[g+8][2t..] (a1), A[g][2t+8..] (a2), A[g+8][2t+8..] (a3);
+// B[2t..2t+1][g] (b0), B[2t+8..][g] (b1); and C/D[g][2t..2t+1] (c0, c1), C/D[g+8][2t..] (c2,
+// c3). Every lane gathers the whole A and B through shuffles and computes its four outputs.
+__device__ inline float bf16_lo(unsigned v) { return __int_as_float((int)(v << 16)); }
+__device__ inline float bf16_hi(unsigned v) { return __int_as_float((int)(v & 0xffff0000u)); }
+__device__ void mma_bf16_16816(float c[4], const unsigned a[4], const unsigned b[2]) {
+    float A[16][16], B[16][8];
+    for (int src = 0; src < 32; src++) {
+        const int g = src >> 2, t = src & 3;
+        unsigned ra[4], rb[2];
+        for (int i = 0; i < 4; i++) ra[i] = __shfl_sync(0xffffffffu, a[i], src);
+        for (int i = 0; i < 2; i++) rb[i] = __shfl_sync(0xffffffffu, b[i], src);
+        for (int i = 0; i < 4; i++) {
+            const int r = g + 8 * (i & 1), k = 2 * t + 8 * (i >> 1);
+            A[r][k] = bf16_lo(ra[i]);
+            A[r][k + 1] = bf16_hi(ra[i]);
+        }
+        for (int i = 0; i < 2; i++) {
+            B[2 * t + 8 * i][g] = bf16_lo(rb[i]);
+            B[2 * t + 8 * i + 1][g] = bf16_hi(rb[i]);
+        }
+    }
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; i++) {
+        const int r = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+        float acc = c[i];
+        for (int k = 0; k < 16; k++) acc += A[r][k] * B[k][col];
+        c[i] = acc;
+    }
+}
+#else
+__device__ __forceinline__ void mma_bf16_16816(float c[4], const unsigned a[4], const unsigned b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(MMA_THREADS)
+    matmul_nt_mma_bf16(float* out, const float* x, const bf16* w, const float* bias, int m, int n,
+                       int k) {
+    __shared__ bf16 xs[MM_BM][MMA_LD];
+    __shared__ bf16 ws[MM_BN][MMA_LD];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int row0 = blockIdx.y * MM_BM, col0 = blockIdx.x * MM_BN;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;  // this warp's 32×32 of the tile
+    float acc[2][4][4];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++)
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+
+    for (int k0 = 0; k0 < k; k0 += MMA_BK) {
+        // 64 rows × 32 k of each operand, 16 per thread; zeros past the edges, so the mma
+        // of a ragged tile adds nothing for them.
+        for (int i = tid; i < MM_BM * MMA_BK; i += MMA_THREADS) {
+            const int r = i / MMA_BK, kk = i % MMA_BK, gk = k0 + kk;
+            const float xv = (row0 + r < m && gk < k) ? x[(idx_t)(row0 + r) * k + gk] : 0.0f;
+            xs[r][kk] = __float2bfloat16(xv);
+            ws[r][kk] = (col0 + r < n && gk < k) ? w[(idx_t)(col0 + r) * k + gk]
+                                                 : __float2bfloat16(0.0f);
+        }
+        __syncthreads();
+        for (int kk = 0; kk < MMA_BK; kk += 16) {
+            unsigned a[2][4], b[4][2];
+            for (int mi = 0; mi < 2; mi++) {
+                const int r = wm + mi * 16 + g;
+                a[mi][0] = ld_pair(&xs[r][kk + 2 * t]);
+                a[mi][1] = ld_pair(&xs[r + 8][kk + 2 * t]);
+                a[mi][2] = ld_pair(&xs[r][kk + 2 * t + 8]);
+                a[mi][3] = ld_pair(&xs[r + 8][kk + 2 * t + 8]);
+            }
+            for (int ni = 0; ni < 4; ni++) {
+                const int c = wn + ni * 8 + g;
+                b[ni][0] = ld_pair(&ws[c][kk + 2 * t]);
+                b[ni][1] = ld_pair(&ws[c][kk + 2 * t + 8]);
+            }
+            for (int mi = 0; mi < 2; mi++)
+                for (int ni = 0; ni < 4; ni++) mma_bf16_16816(acc[mi][ni], a[mi], b[ni]);
+        }
+        // The next stage overwrites tiles other warps may still be reading.
+        __syncthreads();
+    }
+    for (int mi = 0; mi < 2; mi++)
+        for (int ni = 0; ni < 4; ni++)
+            for (int e = 0; e < 4; e++) {
+                const int r = row0 + wm + mi * 16 + g + 8 * (e >> 1);
+                const int c = col0 + wn + ni * 8 + 2 * t + (e & 1);
+                if (r < m && c < n) out[(idx_t)r * n + c] = acc[mi][ni][e] + (bias ? bias[c] : 0.0f);
+            }
+}
+CMT_EMU_EXPORT(matmul_nt_mma_bf16)

@@ -140,12 +140,13 @@ fn greedy<B: Backend>(m: &Model<B>, pre: &KvPrefix) -> Vec<Vec<u32>> {
 }
 
 /// `wf` on both backends: f32 weights, or bf16 ones (host bf16 on the CPU, resident bf16 and
-/// the bf16 kernels on the device; both multiply the same rounded weights in f32).
+/// the portable bf16 kernels on the device; both multiply the same rounded weights in f32).
 fn device_matches_cpu(qwen: bool, wf: WeightFormat) {
     let cfg = config(qwen);
     let src = weights(&cfg, 11 + u64::from(qwen));
     let cpu = model(&cfg, &src, CpuBackend, wf);
-    let dev = model(&cfg, &src, DeviceBackend::new(Emu, "emulated device"), wf);
+    let be = DeviceBackend::new(Emu, "emulated device").without_tensor_cores();
+    let dev = model(&cfg, &src, be, wf);
     if wf == WeightFormat::Bf16 {
         assert!(
             matches!(dev.weights.layers[0].wq.data, MatData::DeviceBf16(_)),
@@ -205,4 +206,37 @@ fn out_of_vocabulary_id_is_an_error() {
         )
         .expect_err("id 61 of a 61-token vocabulary");
     assert!(err.to_string().contains("row 61 is out of range"), "{err}");
+}
+
+/// bf16 weights with the tensor-core prefill (the emulator's model of mma.sync): the same
+/// model as the CPU's bf16 one except that prefill matmul inputs are rounded to bf16 too
+/// (2^-9 relative each), so logits agree to a bf16-activation bound instead of f32's.
+#[test]
+fn tensor_core_prefill_on_the_emulated_device_stays_within_bf16_rounding_of_the_cpu() {
+    let cfg = config(false);
+    let src = weights(&cfg, 11);
+    let cpu = model(&cfg, &src, CpuBackend, WeightFormat::Bf16);
+    let be = DeviceBackend::new(Emu, "emulated device");
+    assert!(
+        be.tensor_cores(),
+        "the emulated mma passes the backend's self-test"
+    );
+    let dev = model(&cfg, &src, be, WeightFormat::Bf16);
+    let pre = prefix(&cfg, 70, 5);
+    let (c1, _) = batched_logits(&cpu, &pre);
+    let (d1, _) = batched_logits(&dev, &pre);
+    let scale = c1.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let diff = d1
+        .iter()
+        .zip(&c1)
+        .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+    eprintln!("tensor-core prefill: max |Δlogit| {diff:.3e}, max |logit| {scale:.2}");
+    assert!(
+        diff > 0.0,
+        "bf16 activations should differ from the f32 ones somewhere"
+    );
+    assert!(
+        diff <= 2e-2 * scale,
+        "max |Δlogit| {diff} against a scale of {scale}"
+    );
 }

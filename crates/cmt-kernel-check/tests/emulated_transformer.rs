@@ -57,6 +57,13 @@ proptest! {
         assert_ok(transformer::matmul(&Emu, dt, MatmulKernel::Gemv, m, n, k, bias, seed))?;
     }
 
+    /// The tensor-core kernel (bf16 weights) through the emulator's model of mma.sync's
+    /// fragment layout: ragged m, n, k around the 64×64×32 tile.
+    #[test]
+    fn matmul_tensor_core(m in 1usize..140, n in 1usize..140, k in 1usize..80, bias: bool, seed: u64) {
+        assert_ok(transformer::matmul(&Emu, DType::Bf16, MatmulKernel::TensorCore, m, n, k, bias, seed))?;
+    }
+
     /// k % 4 == 0: the 4-wide-load kernels.
     #[test]
     fn matmul_vector_loads(dt in dtype(), m in 1usize..80, n in 1usize..80, k4 in 1usize..40, bias: bool, seed: u64) {

@@ -26,7 +26,14 @@ pub fn matmul<E: Exec>(
 ) -> Result<Outcome, CheckError> {
     let mut rng = Rng::new(seed);
     let mut b = Bufs::new(e);
-    let (x, xv) = b.input(DType::F32, &rng.vec(m * k, -1.0, 1.0))?;
+    let (x, mut xv) = b.input(DType::F32, &rng.vec(m * k, -1.0, 1.0))?;
+    if kernel == MatmulKernel::TensorCore {
+        // The tensor cores multiply x rounded to bf16 (round to nearest even, as
+        // __float2bfloat16 does).
+        for v in &mut xv {
+            *v = half::bf16::from_f32(*v).to_f32();
+        }
+    }
     let (w, wv) = b.input(dt, &rng.vec(n * k, -1.0, 1.0))?;
     let bias = with_bias.then(|| rng.vec(n, -1.0, 1.0));
     let bias_h = match &bias {

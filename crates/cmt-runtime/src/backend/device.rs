@@ -13,7 +13,7 @@ use crate::cuda::launch::{self as kl, DType, Launch};
 use crate::cuda::Exec;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// A device buffer of `len` values of `dtype`: f32 for every activation and cache, bf16 only
 /// for the weight matrices of [`MatData::DeviceBf16`].
@@ -36,6 +36,10 @@ pub struct DeviceBackend<E: Exec> {
     /// Held by an op from its table uploads to its last launch, so that two threads sharing
     /// the backend cannot rewrite a table between another op's upload and its launch.
     serial: Mutex<()>,
+    /// Whether bf16 prefill matmuls may use the tensor-core kernel (CMT_CUDA_MMA=0 or
+    /// `without_tensor_cores` say no), and, once tried, whether its self-test passed.
+    allow_tensor_cores: bool,
+    tensor_cores: OnceLock<bool>,
 }
 
 struct Table<B> {
@@ -65,7 +69,79 @@ impl<E: Exec> DeviceBackend<E> {
             part: Mutex::new(None),
             tables: Mutex::new(HashMap::new()),
             serial: Mutex::new(()),
+            allow_tensor_cores: std::env::var_os("CMT_CUDA_MMA").is_none_or(|v| v != "0"),
+            tensor_cores: OnceLock::new(),
         }
+    }
+
+    /// Keeps every bf16 matmul on the portable kernels (f32 activations throughout).
+    pub fn without_tensor_cores(mut self) -> Self {
+        self.allow_tensor_cores = false;
+        self
+    }
+
+    /// Whether bf16 matmuls of more than GEMV rows run on the tensor cores: allowed, and the
+    /// kernel agrees with the portable one on a ragged test product on this device (an old
+    /// GPU without mma.sync bf16 fails the launch; a wrong result fails the comparison).
+    /// Decided once, on first use; a failure is said on stderr.
+    pub fn tensor_cores(&self) -> bool {
+        *self.tensor_cores.get_or_init(|| {
+            if !self.allow_tensor_cores {
+                return false;
+            }
+            match self.tensor_core_self_test() {
+                Ok(None) => true,
+                Ok(Some(why)) | Err(why) => {
+                    eprintln!("cmt: {}: tensor-core matmul disabled ({why})", self.name);
+                    false
+                }
+            }
+        })
+    }
+
+    /// `Ok(None)`: the tensor-core product matches the tiled kernel's on bf16-valued inputs
+    /// (same products in f32, summed in another order).
+    fn tensor_core_self_test(&self) -> std::result::Result<Option<String>, String> {
+        let (m, n, k) = (70, 72, 48);
+        let val = |i: usize| half::bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0);
+        let x: Vec<f32> = (0..m * k).map(|i| val(i).to_f32()).collect();
+        let wv: Vec<half::bf16> = (0..n * k).map(|i| val(i * 7 + 3)).collect();
+        let e = |e: Error| e.to_string();
+        let xb = self.upload(x).map_err(e)?;
+        let w = self
+            .upload_bf16(&Bf16Matrix::from_f32(
+                n,
+                k,
+                &wv.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+            ))
+            .map_err(e)?;
+        let mut outs = Vec::new();
+        for kernel in [MatmulKernel::Tiled, MatmulKernel::TensorCore] {
+            let out = self.zeros(m * n).map_err(e)?;
+            let l = transformer::matmul_nt(
+                DType::Bf16,
+                kernel,
+                self.ptr(&out),
+                self.ptr(&xb),
+                self.ptr(&w),
+                0,
+                m,
+                n,
+                k,
+            )
+            .map_err(|e| e.to_string())?;
+            self.run(&[l]).map_err(e)?;
+            let mut host = vec![0.0; m * n];
+            self.download(&out, 0, &mut host).map_err(e)?;
+            outs.push(host);
+        }
+        let scale = outs[0].iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let diff = outs[0]
+            .iter()
+            .zip(&outs[1])
+            .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        Ok((!(diff <= 1e-5 + 1e-5 * scale))
+            .then(|| format!("self-test max |diff| {diff:.3e} against a scale of {scale:.3e}")))
     }
 
     pub fn exec(&self) -> &E {
@@ -273,9 +349,15 @@ impl<E: Exec> Backend for DeviceBackend<E> {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        let kernel =
+            if wbuf.dtype == DType::Bf16 && m > transformer::GEMV_MAX_M && self.tensor_cores() {
+                MatmulKernel::TensorCore
+            } else {
+                MatmulKernel::Auto
+            };
         let l = transformer::matmul_nt(
             wbuf.dtype,
-            MatmulKernel::Auto,
+            kernel,
             self.ptr(out),
             self.ptr(x),
             self.ptr(wbuf),

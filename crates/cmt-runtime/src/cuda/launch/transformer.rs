@@ -8,6 +8,8 @@ use crate::cuda::CudaError;
 /// Tile of `matmul_nt_tiled` (kernels/matmul.cu MM_BM × MM_BN), 256 threads.
 const MM_TILE: usize = 64;
 const MM_THREADS: u32 = 256;
+/// matmul_nt_mma: the same 64×64 tile on 4 warps.
+const MMA_THREADS: u32 = 128;
 /// Output features per block of `matmul_nt_gemv` (one warp each).
 const GEMV_WARPS: usize = 8;
 /// Most rows of x one GEMV launch takes (kernels/matmul.cu GEMV_MAX_M).
@@ -22,12 +24,15 @@ const ATT_TARGET_BLOCKS: usize = 256;
 const ATT_MIN_SPLIT: usize = 64;
 const ATT_MAX_SPLITS: usize = 64;
 
-/// Which matmul kernel to run; `Auto` picks GEMV for at most [`GEMV_MAX_M`] rows.
+/// Which matmul kernel to run; `Auto` picks GEMV for at most [`GEMV_MAX_M`] rows, else the
+/// portable tiled kernel. `TensorCore` (bf16 weights only, x rounded to bf16, sm_80+) is
+/// chosen by the device backend after its self-test, never by `Auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulKernel {
     Auto,
     Tiled,
     Gemv,
+    TensorCore,
 }
 
 /// out[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n]; `bias` = 0 for none).
@@ -42,9 +47,14 @@ pub fn matmul_nt(
     n: usize,
     k: usize,
 ) -> Result<Launch, CudaError> {
+    if kernel == MatmulKernel::TensorCore && dt != DType::Bf16 {
+        return Err(CudaError::Shape(
+            "the tensor-core matmul takes bf16 weights only".into(),
+        ));
+    }
     let gemv = match kernel {
         MatmulKernel::Auto => m <= GEMV_MAX_M,
-        MatmulKernel::Tiled => false,
+        MatmulKernel::Tiled | MatmulKernel::TensorCore => false,
         MatmulKernel::Gemv if m > GEMV_MAX_M => {
             return Err(CudaError::Shape(format!(
                 "GEMV takes at most {GEMV_MAX_M} rows, not {m}"
@@ -81,12 +91,17 @@ pub fn matmul_nt(
         if gy > 65_535 {
             return Err(CudaError::Shape(format!("matmul: {m} rows exceed a grid")));
         }
+        let (op, threads) = if kernel == MatmulKernel::TensorCore {
+            ("matmul_nt_mma".to_string(), MMA_THREADS)
+        } else {
+            (format!("matmul_nt_tiled{vec}"), MM_THREADS)
+        };
         let mut l = Launch::new(
             "matmul",
-            &format!("matmul_nt_tiled{vec}"),
+            &op,
             dt,
             grid_of(n.div_ceil(MM_TILE), "matmul n")?,
-            MM_THREADS,
+            threads,
             args,
         );
         l.grid[1] = gy;
