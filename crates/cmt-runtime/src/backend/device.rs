@@ -140,7 +140,9 @@ impl<E: Exec> DeviceBackend<E> {
             .iter()
             .zip(&outs[1])
             .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
-        Ok((!(diff <= 1e-5 + 1e-5 * scale))
+        // NaN fails too.
+        let agrees = diff <= 1e-5 + 1e-5 * scale;
+        Ok((!agrees)
             .then(|| format!("self-test max |diff| {diff:.3e} against a scale of {scale:.3e}")))
     }
 
