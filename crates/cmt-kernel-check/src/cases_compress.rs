@@ -14,7 +14,7 @@
 //! be bf16; the reference reads the same rounded values), so one f32 tolerance applies.
 use crate::cases::{Outcome, Rng};
 use crate::exec::{CheckError, Exec};
-use cmt_runtime::cuda::launch::compress::{
+use cmt_compress::attention::launch::{
     compress_attention_backward, compress_attention_forward, Dims,
 };
 use cmt_runtime::cuda::{DType, Launch};

@@ -5,9 +5,9 @@
 //! n_max and 0, tq not a multiple of the 8-query group, d not a multiple of 32, several
 //! documents; NaN padding rows, poisoned outputs with guard zones. Small shapes: the emulator
 //! runs one OS thread per CUDA thread.
+use cmt_compress::attention::launch::{compress_attention_forward, Dims, MAX_D};
 use cmt_kernel_check::cases_compress::{self, compress_attention, Measured};
 use cmt_kernel_check::emu::Emu;
-use cmt_runtime::cuda::launch::compress::{compress_attention_forward, Dims, MAX_D};
 use cmt_runtime::cuda::DType;
 use proptest::prelude::*;
 

@@ -22,6 +22,8 @@
 use crate::error::{Error, Result};
 
 pub mod fused;
+/// Launch geometry of kernels/compress_attention.cu (the CUDA H pass).
+pub mod launch;
 pub(crate) mod linalg;
 pub mod slow;
 

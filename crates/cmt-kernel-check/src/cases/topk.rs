@@ -5,9 +5,9 @@
 //! row −1 / 0 / 0, and no buffer may be written past its end.
 use super::{compare, Bufs, Outcome, Rng};
 use crate::exec::{CheckError, Exec};
+use cmt_memory::topk::launch::{self as geo, ScanSplit};
 use cmt_memory::topk::slow::search_slow;
 use cmt_memory::{MemView, MemorySource};
-use cmt_runtime::cuda::launch::topk::{self as geo, ScanSplit};
 use cmt_runtime::cuda::DType;
 use half::bf16;
 

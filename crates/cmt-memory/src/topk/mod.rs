@@ -28,6 +28,8 @@ pub(crate) mod axpy;
 pub mod backward;
 pub mod combine;
 pub(crate) mod heap;
+/// Launch geometry of kernels/topk_aggregate.cu (the CUDA search of the bank).
+pub mod launch;
 pub mod scan;
 pub(crate) mod simd;
 pub mod slow;

@@ -9,8 +9,6 @@
 #![allow(clippy::too_many_arguments)]
 use super::CudaError;
 
-pub mod compress;
-pub mod topk;
 pub mod transformer;
 
 #[cfg(target_endian = "big")]
@@ -60,7 +58,8 @@ pub struct Launch {
 }
 
 impl Launch {
-    fn new(
+    /// A 1-D launch of `{op}_{dt}` in `module` (set `grid[1..]` for more dimensions).
+    pub fn new(
         module: &'static str,
         op: &str,
         dt: DType,
@@ -102,7 +101,8 @@ const ROWS_PER_BLOCK: u32 = 8;
 /// Cross-entropy: one block per row of the vocabulary.
 const XENT_BLOCK: u32 = 512;
 
-fn i32_of(what: &str, v: usize) -> Result<i32, CudaError> {
+/// `v` as a kernel's i32 argument, or an error naming `what`.
+pub fn i32_of(what: &str, v: usize) -> Result<i32, CudaError> {
     i32::try_from(v)
         .map_err(|_| CudaError::Shape(format!("{what} = {v} does not fit a kernel's i32")))
 }

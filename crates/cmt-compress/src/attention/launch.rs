@@ -4,8 +4,8 @@
 //! (`dt`) and dH (f32) `[docs, n_max, d]`; lens i32 `[docs]` (values in `0..=n_max`).
 // Kernel signatures mirror the CUDA ones, pointer by pointer.
 #![allow(clippy::too_many_arguments)]
-use super::{i32_of, Arg, DType, Launch};
-use crate::cuda::CudaError;
+use cmt_runtime::cuda::launch::{i32_of, Arg, DType, Launch};
+use cmt_runtime::cuda::CudaError;
 
 /// Threads per block (`CA_THREADS`): one warp per query (forward, dqhat) or per row (dH).
 pub const THREADS: u32 = 256;

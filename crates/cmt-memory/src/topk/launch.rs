@@ -5,8 +5,8 @@
 //! combine over the union (DESIGN §7).
 // Kernel signatures mirror the CUDA ones, pointer by pointer.
 #![allow(clippy::too_many_arguments)]
-use super::{i32_of, Arg, DType, Launch};
-use crate::cuda::CudaError;
+use cmt_runtime::cuda::launch::{i32_of, Arg, DType, Launch};
+use cmt_runtime::cuda::CudaError;
 
 /// Threads per block of both kernels (`TOPK_BLOCK`).
 pub const THREADS: u32 = 256;
