@@ -137,6 +137,8 @@ T __shfl_up_sync(unsigned, T v, unsigned d, int = 32) { return cmt_emu::exchange
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
+// Round-to-nearest multiply, never fused with a following add (the host build has no FMA).
+inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __int_as_float(int i) {
     float f;
     std::memcpy(&f, &i, sizeof f);

@@ -126,7 +126,7 @@ impl<'e, E: Exec> Bufs<'e, E> {
             bytes: 0,
         }
     }
-    fn raw(&mut self, mut payload: Vec<u8>, elem: usize) -> Result<usize, CheckError> {
+    pub(crate) fn raw(&mut self, mut payload: Vec<u8>, elem: usize) -> Result<usize, CheckError> {
         let n = payload.len();
         self.bytes += n;
         payload.resize(n + GUARD * elem, POISON);

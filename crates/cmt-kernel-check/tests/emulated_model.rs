@@ -5,6 +5,7 @@
 //! prefix of 70 positions, then greedy decoding step by step (split attention + combine).
 use cmt_kernel_check::emu::Emu;
 use cmt_runtime::backend::{Backend, CpuBackend, DeviceBackend, MatData};
+use cmt_runtime::quant::{QType, QuantMatrix};
 use cmt_runtime::weights::{TensorSource, Weights};
 use cmt_runtime::{
     generate, Arch, GenerateOptions, KvPrefix, Logits, Model, ModelConfig, Result, SeqInput,
@@ -79,7 +80,12 @@ fn weights(cfg: &ModelConfig, seed: u64) -> MapSource {
     MapSource(m)
 }
 
-fn model<B: Backend>(cfg: &ModelConfig, src: &MapSource, be: B, wf: WeightFormat) -> Model<B> {
+fn model<B: Backend>(
+    cfg: &ModelConfig,
+    src: &dyn TensorSource,
+    be: B,
+    wf: WeightFormat,
+) -> Model<B> {
     let w = Weights::load_as(cfg, src, &be, wf).expect("weights load");
     Model::new(cfg.clone(), be, w).expect("model builds")
 }
@@ -149,7 +155,7 @@ fn device_matches_cpu(qwen: bool, wf: WeightFormat) {
     let dev = model(&cfg, &src, be, wf);
     if wf == WeightFormat::Bf16 {
         assert!(
-            matches!(dev.weights.layers[0].wq.data, MatData::DeviceBf16(_)),
+            matches!(dev.weights.layers[0].wq.data, MatData::Device(..)),
             "bf16 weights stay resident as bf16 on the device"
         );
     }
@@ -238,5 +244,116 @@ fn tensor_core_prefill_on_the_emulated_device_stays_within_bf16_rounding_of_the_
     assert!(
         diff <= 2e-2 * scale,
         "max |Δlogit| {diff} against a scale of {scale}"
+    );
+}
+
+/// GGUF blocks of a tensor: Q8_0 (d = max|x|/127) or Q4_1 (d = (max − min)/15, m = min), 32
+/// values a block, as a file would hold them.
+fn quantize(ty: QType, rows: usize, cols: usize, x: &[f32]) -> QuantMatrix {
+    let mut data = Vec::new();
+    for blk in x.chunks_exact(32) {
+        let f16b = |v: f32| half::f16::from_f32(v).to_le_bytes();
+        match ty {
+            QType::Q8_0 => {
+                let amax = blk.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                let d = half::f16::from_f32(amax / 127.0).to_f32();
+                data.extend(f16b(d));
+                data.extend(
+                    blk.iter()
+                        .map(|v| (v / d).round().clamp(-127.0, 127.0) as i8 as u8),
+                );
+            }
+            QType::Q4_1 => {
+                let lo = blk.iter().fold(f32::MAX, |a, &v| a.min(v));
+                let hi = blk.iter().fold(f32::MIN, |a, &v| a.max(v));
+                let d = half::f16::from_f32((hi - lo) / 15.0).to_f32();
+                let m = half::f16::from_f32(lo).to_f32();
+                data.extend(f16b(d));
+                data.extend(f16b(m));
+                let q = |v: f32| ((v - m) / d).round().clamp(0.0, 15.0) as u8;
+                data.extend((0..16).map(|j| q(blk[j]) | (q(blk[j + 16]) << 4)));
+            }
+            _ => unreachable!("the test quantises Q8_0 and Q4_1 only"),
+        }
+    }
+    QuantMatrix::new(ty, rows, cols, data).expect("whole blocks")
+}
+
+/// A model file's view: matrices as GGUF blocks (the embedding Q8_0, the rest Q4_1, as in
+/// the default model), `load` giving their exact dequantised values (the f32 path's weights).
+struct BlockSource {
+    quant: HashMap<String, QuantMatrix>,
+    dense: MapSource,
+}
+
+impl TensorSource for BlockSource {
+    fn path(&self) -> &Path {
+        Path::new("<blocks>")
+    }
+    fn has(&self, name: &str) -> bool {
+        self.dense.has(name)
+    }
+    fn load(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        match self.quant.get(name) {
+            Some(q) => {
+                let mut v = vec![0.0; q.rows * q.cols];
+                q.dequantize_rows(0, q.rows, &mut v);
+                Ok(v)
+            }
+            None => self.dense.load(name, shape),
+        }
+    }
+    fn load_quant(&self, name: &str, _shape: [usize; 2]) -> Result<Option<QuantMatrix>> {
+        Ok(self.quant.get(name).cloned())
+    }
+}
+
+/// `--weights native` on the device keeps Q8_0 / Q4_1 blocks and dequantises them in the
+/// kernels to exactly the f32 path's weights: logits and greedy tokens as the CPU's f32 path
+/// on the dequantised values, to f32 accuracy.
+#[test]
+fn native_blocks_on_the_emulated_device_match_the_cpus_f32_path() {
+    let cfg = ModelConfig {
+        hidden: 64,
+        intermediate: 96,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 16,
+        tie_embeddings: true,
+        ..config(false)
+    };
+    let dense = weights(&cfg, 23);
+    let mut quant = HashMap::new();
+    for (name, (shape, v)) in &dense.0 {
+        if shape.len() == 2 {
+            let ty = if name.contains("embed") {
+                QType::Q8_0
+            } else {
+                QType::Q4_1
+            };
+            quant.insert(name.clone(), quantize(ty, shape[0], shape[1], v));
+        }
+    }
+    let src = BlockSource { quant, dense };
+    let cpu = model(&cfg, &src, CpuBackend, WeightFormat::F32);
+    let dev = model(
+        &cfg,
+        &src,
+        DeviceBackend::new(Emu, "emulated device"),
+        WeightFormat::Native,
+    );
+    assert!(
+        matches!(dev.weights.layers[0].w_up.data, MatData::Device(_, b) if b == 96 * 64 / 32 * 20),
+        "Q4_1 blocks kept on the device as the file holds them"
+    );
+    let pre = prefix(&cfg, 70, 5);
+    let (c1, c2) = batched_logits(&cpu, &pre);
+    let (d1, d2) = batched_logits(&dev, &pre);
+    assert_close("prefill logits", &d1, &c1);
+    assert_close("next-token logits", &d2, &c2);
+    assert_eq!(
+        greedy(&dev, &pre),
+        greedy(&cpu, &pre),
+        "greedy continuations"
     );
 }

@@ -3,9 +3,11 @@
 //! tile and warp edges, k not a multiple of 4 (the scalar-load kernels) and of 16, GQA groups,
 //! head sizes below and above a warp, sequences at cache positions > 0 (a prefix or earlier
 //! tokens), split and unsplit attention.
-use cmt_kernel_check::cases::transformer::{self, Batch};
+use cmt_kernel_check::cases::transformer::{self, dense, Batch};
 use cmt_kernel_check::{cases, emu::Emu, CheckError};
-use cmt_runtime::cuda::launch::transformer::{attention_splits, MatmulKernel, GEMV_MAX_M};
+use cmt_runtime::cuda::launch::transformer::{
+    attention_splits, MatmulKernel, WeightType, GEMV_MAX_M,
+};
 use cmt_runtime::cuda::DType;
 use proptest::prelude::*;
 
@@ -17,6 +19,14 @@ fn assert_ok(r: Result<cases::Outcome, CheckError>) -> Result<(), TestCaseError>
 
 fn dtype() -> impl Strategy<Value = DType> {
     prop_oneof![Just(DType::F32), Just(DType::Bf16)]
+}
+
+fn block_type() -> impl Strategy<Value = WeightType> {
+    prop_oneof![
+        Just(WeightType::Q8_0),
+        Just(WeightType::Q4_0),
+        Just(WeightType::Q4_1)
+    ]
 }
 
 /// (heads, kv_heads, head_dim, capacity, slots, [(slot, pos, rows)]).
@@ -49,27 +59,41 @@ proptest! {
 
     #[test]
     fn matmul_tiled(dt in dtype(), m in 1usize..140, n in 1usize..140, k in 1usize..70, bias: bool, seed: u64) {
-        assert_ok(transformer::matmul(&Emu, dt, MatmulKernel::Tiled, m, n, k, bias, seed))?;
+        assert_ok(transformer::matmul(&Emu, dense(dt), MatmulKernel::Tiled, m, n, k, bias, seed))?;
     }
 
     #[test]
     fn matmul_gemv(dt in dtype(), m in 1usize..=GEMV_MAX_M, n in 1usize..40, k in 1usize..300, bias: bool, seed: u64) {
-        assert_ok(transformer::matmul(&Emu, dt, MatmulKernel::Gemv, m, n, k, bias, seed))?;
+        assert_ok(transformer::matmul(&Emu, dense(dt), MatmulKernel::Gemv, m, n, k, bias, seed))?;
     }
 
     /// The tensor-core kernel (bf16 weights) through the emulator's model of mma.sync's
     /// fragment layout: ragged m, n, k around the 64×64×32 tile.
     #[test]
     fn matmul_tensor_core(m in 1usize..140, n in 1usize..140, k in 1usize..80, bias: bool, seed: u64) {
-        assert_ok(transformer::matmul(&Emu, DType::Bf16, MatmulKernel::TensorCore, m, n, k, bias, seed))?;
+        assert_ok(transformer::matmul(&Emu, WeightType::Bf16, MatmulKernel::TensorCore, m, n, k, bias, seed))?;
+    }
+
+    /// GGUF blocks read in place (`--weights native` on the device), both kernels, k a whole
+    /// number of 32-element blocks.
+    #[test]
+    fn matmul_blocks(wt in block_type(), m in 1usize..80, n in 1usize..80, kb in 1usize..4, bias: bool, seed: u64) {
+        let kernel = if m <= GEMV_MAX_M { MatmulKernel::Gemv } else { MatmulKernel::Tiled };
+        assert_ok(transformer::matmul(&Emu, wt, kernel, m, n, 32 * kb, bias, seed))?;
+        assert_ok(transformer::matmul(&Emu, wt, MatmulKernel::Tiled, m, n, 32 * kb, bias, seed))?;
+    }
+
+    #[test]
+    fn embedding_blocks(wt in block_type(), n in 1usize..12, db in 1usize..4, vocab in 1usize..20, seed: u64) {
+        assert_ok(transformer::embedding_blocks(&Emu, wt, n, 32 * db, vocab, seed))?;
     }
 
     /// k % 4 == 0: the 4-wide-load kernels.
     #[test]
     fn matmul_vector_loads(dt in dtype(), m in 1usize..80, n in 1usize..80, k4 in 1usize..40, bias: bool, seed: u64) {
         let kernel = if m <= GEMV_MAX_M { MatmulKernel::Gemv } else { MatmulKernel::Tiled };
-        assert_ok(transformer::matmul(&Emu, dt, kernel, m, n, 4 * k4, bias, seed))?;
-        assert_ok(transformer::matmul(&Emu, dt, MatmulKernel::Tiled, m, n, 4 * k4, bias, seed))?;
+        assert_ok(transformer::matmul(&Emu, dense(dt), kernel, m, n, 4 * k4, bias, seed))?;
+        assert_ok(transformer::matmul(&Emu, dense(dt), MatmulKernel::Tiled, m, n, 4 * k4, bias, seed))?;
     }
 
     #[test]

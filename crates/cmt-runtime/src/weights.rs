@@ -169,7 +169,7 @@ impl<B: Backend> Weights<B> {
     pub fn embed_rows(&self, be: &B, ids: &[u32], out: &mut B::Buf, out_row: usize) -> Result<()> {
         let e = &self.embed;
         match &e.data {
-            MatData::Dense(buf) | MatData::DeviceBf16(buf) => {
+            MatData::Dense(buf) | MatData::Device(buf, _) => {
                 be.gather_rows(buf, e.cols, ids, out, out_row)
             }
             MatData::Quant(_) | MatData::Bf16(_) => {
@@ -199,7 +199,7 @@ impl<B: Backend> Weights<B> {
                 .as_ref()
                 .map_or(q.bytes() + q.table_bytes(), |p| p.bytes()),
             MatData::Bf16(b) => b.bytes(),
-            MatData::DeviceBf16(_) => m.rows * m.cols * 2,
+            MatData::Device(_, bytes) => *bytes,
         })
     }
 

@@ -6,7 +6,7 @@ use cmt_kernel_check::cases::transformer::{self, Batch};
 use cmt_kernel_check::{cases, model_check, CheckError, Exec};
 use cmt_runtime::bench::BenchOptions;
 use cmt_runtime::cuda::gpu::DeviceBuffer;
-use cmt_runtime::cuda::launch::transformer::{attention_splits, MatmulKernel};
+use cmt_runtime::cuda::launch::transformer::{attention_splits, MatmulKernel, WeightType};
 use cmt_runtime::cuda::{CudaError, DType, Gpu, Launch};
 use cmt_runtime::WeightFormat;
 use std::path::PathBuf;
@@ -68,48 +68,25 @@ fn all_cases(g: &OnGpu, dt: DType, quick: bool) -> Result<Vec<cases::Outcome>, C
     // The transformer's matmuls at prefill (tiled) and decode (GEMV) shapes: q/o, gate/up,
     // down, and the LM head for a few rows (its f64 reference is the slow part).
     let m = if quick { 65 } else { 512 };
+    let wt = transformer::dense(dt);
+    let mm = |wt, kernel, m, n, k, seed| transformer::matmul(g, wt, kernel, m, n, k, false, seed);
     for (n, k) in [(d, d), (ffn, d), (d, ffn)] {
-        v.push(transformer::matmul(
-            g,
-            dt,
-            MatmulKernel::Tiled,
-            m,
-            n,
-            k,
-            false,
-            8,
-        )?);
-        v.push(transformer::matmul(
-            g,
-            dt,
-            MatmulKernel::Gemv,
-            1,
-            n,
-            k,
-            false,
-            9,
-        )?);
+        v.push(mm(wt, MatmulKernel::Tiled, m, n, k, 8)?);
+        v.push(mm(wt, MatmulKernel::Gemv, 1, n, k, 9)?);
     }
-    v.push(transformer::matmul(
-        g,
-        dt,
-        MatmulKernel::Gemv,
-        1,
-        vocab,
-        d,
-        false,
-        10,
-    )?);
-    v.push(transformer::matmul(
-        g,
-        dt,
-        MatmulKernel::Gemv,
-        4,
-        vocab,
-        d,
-        false,
-        11,
-    )?);
+    v.push(mm(wt, MatmulKernel::Gemv, 1, vocab, d, 10)?);
+    v.push(mm(wt, MatmulKernel::Gemv, 4, vocab, d, 11)?);
+    if dt == DType::Bf16 {
+        v.push(mm(wt, MatmulKernel::TensorCore, m, ffn, d, 15)?);
+        v.push(mm(wt, MatmulKernel::TensorCore, m, d, ffn, 16)?);
+    } else {
+        // The default model's own block types, read in place (--weights native).
+        for bt in [WeightType::Q4_1, WeightType::Q8_0, WeightType::Q4_0] {
+            v.push(mm(bt, MatmulKernel::Gemv, 1, ffn, d, 17)?);
+            v.push(mm(bt, MatmulKernel::Tiled, m, ffn, d, 18)?);
+            v.push(transformer::embedding_blocks(g, bt, m, d, vocab, 19)?);
+        }
+    }
     // Attention: a prefill of m rows in one sequence, and decode of 4 sequences over long
     // caches with the backend's split choice (flash-decoding).
     let cap = if quick { 600 } else { 4096 };
@@ -220,7 +197,7 @@ fn model_checks(g: &OnGpu, quick: bool) -> usize {
                 "\ngolden fixtures on the device backend ({})",
                 model.display()
             );
-            for wf in [WeightFormat::F32, WeightFormat::Bf16] {
+            for wf in [WeightFormat::F32, WeightFormat::Native, WeightFormat::Bf16] {
                 let be = cmt_runtime::backend::DeviceBackend::new(&g.0, "cuda");
                 let lines = cmt_runtime::load_model_as(&model, be, wf)
                     .map_err(|e| e.to_string())
@@ -264,9 +241,11 @@ fn model_checks(g: &OnGpu, quick: bool) -> usize {
     let mut rows = vec![
         ("smollm2-135m", WeightFormat::F32),
         ("smollm2-135m", WeightFormat::Bf16),
+        ("smollm2-135m", WeightFormat::Native),
     ];
     if !quick {
         rows.push(("llama-7b", WeightFormat::Bf16));
+        rows.push(("llama-7b", WeightFormat::Native));
     }
     for (shape, wf) in rows {
         match model_check::speed(&g.0, "cuda", shape, wf, &opts) {

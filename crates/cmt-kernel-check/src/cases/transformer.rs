@@ -9,14 +9,52 @@ use super::{compare, Bufs, Outcome, Rng};
 use crate::exec::{CheckError, Exec};
 use cmt_runtime::backend::{AttnShape, Backend, CpuBackend, SeqSpan};
 use cmt_runtime::cuda::launch::transformer::{
-    self, attention_part_len, AttnDims, MatmulKernel, RowTables,
+    self, attention_part_len, AttnDims, MatmulKernel, RowTables, WeightType,
 };
 use cmt_runtime::cuda::DType;
+use cmt_runtime::quant::{QType, QuantMatrix};
+
+/// Random GGUF blocks of `ty` (random quant bytes, small finite f16 scale and minimum) and
+/// the f32 values the CPU dequantises them to.
+pub fn random_blocks(ty: QType, rows: usize, cols: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f32>) {
+    let (bb, be) = (ty.block_bytes(), ty.block_elems());
+    let mut data = Vec::with_capacity(rows * cols / be * bb);
+    for _ in 0..rows * cols / be {
+        let mut b: Vec<u8> = (0..bb).map(|_| rng.below(256) as u8).collect();
+        let scale = rng.vec(2, -1.0, 1.0);
+        b[..2].copy_from_slice(&half::f16::from_f32(0.05 * scale[0]).to_le_bytes());
+        if ty == QType::Q4_1 {
+            b[2..4].copy_from_slice(&half::f16::from_f32(0.2 * scale[1]).to_le_bytes());
+        }
+        data.extend(b);
+    }
+    let q = QuantMatrix::new(ty, rows, cols, data.clone()).expect("whole blocks");
+    let mut values = vec![0.0; rows * cols];
+    q.dequantize_rows(0, rows, &mut values);
+    (data, values)
+}
+
+fn qtype(wt: WeightType) -> Option<QType> {
+    match wt {
+        WeightType::Q8_0 => Some(QType::Q8_0),
+        WeightType::Q4_0 => Some(QType::Q4_0),
+        WeightType::Q4_1 => Some(QType::Q4_1),
+        WeightType::F32 | WeightType::Bf16 => None,
+    }
+}
+
+/// The weight type of a dense storage type.
+pub fn dense(dt: DType) -> WeightType {
+    match dt {
+        DType::F32 => WeightType::F32,
+        DType::Bf16 => WeightType::Bf16,
+    }
+}
 
 #[allow(clippy::too_many_arguments)]
 pub fn matmul<E: Exec>(
     e: &E,
-    dt: DType,
+    wt: WeightType,
     kernel: MatmulKernel,
     m: usize,
     n: usize,
@@ -34,7 +72,15 @@ pub fn matmul<E: Exec>(
             *v = half::bf16::from_f32(*v).to_f32();
         }
     }
-    let (w, wv) = b.input(dt, &rng.vec(n * k, -1.0, 1.0))?;
+    let (w, wv) = match (wt, qtype(wt)) {
+        (WeightType::F32, _) => b.input(DType::F32, &rng.vec(n * k, -1.0, 1.0))?,
+        (WeightType::Bf16, _) => b.input(DType::Bf16, &rng.vec(n * k, -1.0, 1.0))?,
+        (_, Some(ty)) => {
+            let (bytes, values) = random_blocks(ty, n, k, &mut rng);
+            (b.raw(bytes, 1)?, values)
+        }
+        (_, None) => unreachable!("every block type has a QType"),
+    };
     let bias = with_bias.then(|| rng.vec(n, -1.0, 1.0));
     let bias_h = match &bias {
         Some(v) => Some(b.input(DType::F32, v)?.0),
@@ -42,7 +88,7 @@ pub fn matmul<E: Exec>(
     };
     let out = b.output(DType::F32, m * n)?;
     let l = transformer::matmul_nt(
-        dt,
+        wt,
         kernel,
         b.ptr(out),
         b.ptr(x),
@@ -79,16 +125,61 @@ pub fn matmul<E: Exec>(
             }
         }
     }
-    let bytes = (m * k + m * n) * 4 + n * k * dt.size();
-    b.outcome(
-        &l.entry.replace(&format!("_{}", dt.suffix()), ""),
-        dt,
-        format!("m={m} n={n} k={k} bias={with_bias}"),
+    let bytes = (m * k + m * n) * 4 + wt.bytes(n, k);
+    // SAFETY: the launch only holds pointers into this case's live buffers.
+    let time_ms = unsafe { e.time(std::slice::from_ref(&l)) }?;
+    Ok(Outcome {
+        kernel: l.entry.clone(),
+        shape: format!("m={m} n={n} k={k} bias={with_bias}"),
         max_err,
-        fails,
+        failures: fails,
         bytes,
-        vec![l],
-    )
+        time_ms,
+    })
+}
+
+/// Rows of a GGUF-block table gathered to f32 (the token embedding kept as blocks): every
+/// value must equal the CPU's dequantisation exactly.
+pub fn embedding_blocks<E: Exec>(
+    e: &E,
+    wt: WeightType,
+    n: usize,
+    d: usize,
+    vocab: usize,
+    seed: u64,
+) -> Result<Outcome, CheckError> {
+    let mut rng = Rng::new(seed);
+    let mut b = Bufs::new(e);
+    let ty = qtype(wt).ok_or_else(|| CheckError::Emu(format!("{wt:?} is not a block type")))?;
+    let (bytes, values) = random_blocks(ty, vocab, d, &mut rng);
+    let table = b.raw(bytes, 1)?;
+    let ids: Vec<i32> = (0..n).map(|_| rng.below(vocab) as i32).collect();
+    let idb = b.ints(&ids)?;
+    let out = b.output(DType::F32, n * d)?;
+    let l = transformer::embedding_blocks(wt, b.ptr(out), b.ptr(table), b.ptr(idb), n, d, vocab)?;
+    b.run(&l)?;
+    let mut fails = Vec::new();
+    let got = b.read(out, DType::F32, &mut fails)?;
+    for (i, &id) in ids.iter().enumerate() {
+        let want = &values[id as usize * d..(id as usize + 1) * d];
+        let have = &got[i * d..(i + 1) * d];
+        if let Some(j) = (0..d).find(|&j| want[j].to_bits() != have[j].to_bits()) {
+            fails.push(format!(
+                "row {i} (id {id}) col {j}: got {}, want {}",
+                have[j], want[j]
+            ));
+        }
+    }
+    // SAFETY: as in `matmul`.
+    let time_ms = unsafe { e.time(std::slice::from_ref(&l)) }?;
+    Ok(Outcome {
+        kernel: l.entry.clone(),
+        shape: format!("n={n} d={d} V={vocab}"),
+        max_err: 0.0,
+        failures: fails,
+        bytes: n * d * 4 + n * wt.bytes(1, d),
+        time_ms,
+    })
 }
 
 /// A batch of sequences over a cache: spans with distinct slots, rows laid out in order.

@@ -1,26 +1,28 @@
 //! The device backend: the op trait on kernels/*.cu, for any kernel executor — a GPU
 //! ([`crate::cuda::Gpu`]) or the CPU emulator of the kernels (`cmt-kernel-check`), which runs
 //! the whole model through the unchanged CUDA sources in the tests. Activations and caches
-//! are f32 on the device; weight matrices are f32 (`--weights f32`, the golden path) or bf16
-//! (`--weights bf16`, and `native`, whose GGUF blocks are dequantised to bf16 at load), math
-//! in f32. Every op checks its buffers' sizes and types before it launches: that check is what
+//! are f32 on the device; weight matrices are f32 (`--weights f32`, the golden path), bf16
+//! (`--weights bf16`), or with `native` the file's own Q8_0 / Q4_0 / Q4_1 blocks, which the
+//! kernels dequantise to the f32 path's exact values as they read them (other block types go
+//! to bf16); math in f32. Every op checks its buffers' sizes and types before it launches: that check is what
 //! makes each launch's pointer arguments valid.
 use super::{AttnShape, Backend, Bf16Matrix, Mat, MatData, QuantMatrix, RopeTable, SeqSpan};
 use crate::cuda::launch::transformer::{
-    self, attention_part_len, attention_splits, AttnDims, MatmulKernel, RowTables,
+    self, attention_part_len, attention_splits, AttnDims, MatmulKernel, RowTables, WeightType,
 };
 use crate::cuda::launch::{self as kl, DType, Launch};
 use crate::cuda::Exec;
 use crate::error::{Error, Result};
+use crate::quant::QType;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-/// A device buffer of `len` values of `dtype`: f32 for every activation and cache, bf16 only
-/// for the weight matrices of [`MatData::DeviceBf16`].
+/// A device buffer of `len` values stored as `ty`: f32 for every activation and cache; bf16
+/// or GGUF blocks only for the weight matrices of [`MatData::Device`].
 pub struct DeviceBuf<B> {
     raw: B,
     len: usize,
-    dtype: DType,
+    ty: WeightType,
 }
 
 pub struct DeviceBackend<E: Exec> {
@@ -119,7 +121,7 @@ impl<E: Exec> DeviceBackend<E> {
         for kernel in [MatmulKernel::Tiled, MatmulKernel::TensorCore] {
             let out = self.zeros(m * n).map_err(e)?;
             let l = transformer::matmul_nt(
-                DType::Bf16,
+                WeightType::Bf16,
                 kernel,
                 self.ptr(&out),
                 self.ptr(&xb),
@@ -155,7 +157,7 @@ impl<E: Exec> DeviceBackend<E> {
         Ok(DeviceBuf {
             raw,
             len: m.rows * m.cols,
-            dtype: DType::Bf16,
+            ty: WeightType::Bf16,
         })
     }
 
@@ -228,14 +230,14 @@ impl<E: Exec> Backend for DeviceBackend<E> {
         Ok(DeviceBuf {
             raw,
             len: data.len(),
-            dtype: DType::F32,
+            ty: WeightType::F32,
         })
     }
     fn zeros(&self, n: usize) -> Result<Self::Buf> {
         Ok(DeviceBuf {
             raw: self.exec.alloc(n * 4)?,
             len: n,
-            dtype: DType::F32,
+            ty: WeightType::F32,
         })
     }
     fn download(&self, buf: &Self::Buf, offset: usize, out: &mut [f32]) -> Result<()> {
@@ -257,14 +259,29 @@ impl<E: Exec> Backend for DeviceBackend<E> {
     }
 
     fn bf16_matrix(&self, m: Bf16Matrix) -> Result<MatData<Self>> {
-        Ok(MatData::DeviceBf16(self.upload_bf16(&m)?))
+        let bytes = m.rows * m.cols * 2;
+        Ok(MatData::Device(self.upload_bf16(&m)?, bytes))
     }
-    /// GGUF blocks have no device kernel: dequantised once at load, kept as bf16 (the f32
-    /// value of a block's scale times a small integer, rounded to bf16's 8 bits).
+    /// Q8_0, Q4_0 and Q4_1 blocks go to the device as they are; other types (Q5, k-quants)
+    /// have no device kernel yet and are dequantised once at load and kept as bf16.
     fn quant_matrix(&self, q: QuantMatrix) -> Result<MatData<Self>> {
-        let mut f = vec![0.0f32; q.rows * q.cols];
-        q.dequantize_rows(0, q.rows, &mut f);
-        self.bf16_matrix(Bf16Matrix::from_f32(q.rows, q.cols, &f))
+        let ty = match q.ty {
+            QType::Q8_0 => WeightType::Q8_0,
+            QType::Q4_0 => WeightType::Q4_0,
+            QType::Q4_1 => WeightType::Q4_1,
+            _ => {
+                let mut f = vec![0.0f32; q.rows * q.cols];
+                q.dequantize_rows(0, q.rows, &mut f);
+                return self.bf16_matrix(Bf16Matrix::from_f32(q.rows, q.cols, &f));
+            }
+        };
+        let raw = self.exec.upload(q.blocks())?;
+        let buf = DeviceBuf {
+            raw,
+            len: q.rows * q.cols,
+            ty,
+        };
+        Ok(MatData::Device(buf, ty.bytes(q.rows, q.cols)))
     }
 
     fn gather_rows(
@@ -291,11 +308,11 @@ impl<E: Exec> Backend for DeviceBackend<E> {
         let ids = self.table("gather", &ids)?;
         let dst = self.ptr(out) + (out_row * width * 4) as u64;
         let table = self.ptr(src);
-        let l = match src.dtype {
-            DType::F32 => {
-                kl::embedding_forward(DType::F32, dst, table, ids, idx.len(), width, n_src)?
-            }
-            DType::Bf16 => kl::embedding_forward_widen(dst, table, ids, idx.len(), width, n_src)?,
+        let n = idx.len();
+        let l = match src.ty {
+            WeightType::F32 => kl::embedding_forward(DType::F32, dst, table, ids, n, width, n_src)?,
+            WeightType::Bf16 => kl::embedding_forward_widen(dst, table, ids, n, width, n_src)?,
+            wt => transformer::embedding_blocks(wt, dst, table, ids, n, width, n_src)?,
         };
         self.run(&[l])
     }
@@ -339,7 +356,7 @@ impl<E: Exec> Backend for DeviceBackend<E> {
             check("matmul bias", b.len, n)?;
         }
         let wbuf = match &w.data {
-            MatData::Dense(b) | MatData::DeviceBf16(b) => b,
+            MatData::Dense(b) | MatData::Device(b, _) => b,
             MatData::Quant(_) | MatData::Bf16(_) => {
                 return Err(Error::Invalid(format!(
                     "{}: a weight matrix in host memory reached the device backend",
@@ -352,13 +369,13 @@ impl<E: Exec> Backend for DeviceBackend<E> {
             return Ok(());
         }
         let kernel =
-            if wbuf.dtype == DType::Bf16 && m > transformer::GEMV_MAX_M && self.tensor_cores() {
+            if wbuf.ty == WeightType::Bf16 && m > transformer::GEMV_MAX_M && self.tensor_cores() {
                 MatmulKernel::TensorCore
             } else {
                 MatmulKernel::Auto
             };
         let l = transformer::matmul_nt(
-            wbuf.dtype,
+            wbuf.ty,
             kernel,
             self.ptr(out),
             self.ptr(x),
@@ -516,10 +533,10 @@ impl<E: Exec> Backend for DeviceBackend<E> {
 
 /// Activations must be f32 buffers (only weight matrices are bf16).
 fn f32_buf<B>(what: &str, b: &DeviceBuf<B>) -> Result<()> {
-    if b.dtype != DType::F32 {
+    if b.ty != WeightType::F32 {
         return Err(Error::Invalid(format!(
             "{what}: a {:?} buffer where f32 activations belong",
-            b.dtype
+            b.ty
         )));
     }
     Ok(())

@@ -52,9 +52,10 @@ pub enum MatData<B: Backend + ?Sized> {
     Quant(QuantMatrix),
     /// bf16 in host memory (`--weights bf16` on the CPU).
     Bf16(Bf16Matrix),
-    /// bf16 resident on the backend's device (`--weights bf16` or `native` on the device
-    /// backend; only a backend whose buffers can hold bf16 makes these).
-    DeviceBf16(B::Buf),
+    /// In the device backend's own storage on its device: bf16 (`--weights bf16`) or GGUF
+    /// blocks (`--weights native`); the buffer knows which. Only the device backend makes
+    /// these. The second field is the bytes it holds.
+    Device(B::Buf, usize),
 }
 
 impl<B: Backend + ?Sized> Mat<B> {
@@ -75,7 +76,7 @@ impl<B: Backend + ?Sized> Mat<B> {
                  kept (--weights native); load it with --weights f32",
                 q.ty
             ))),
-            MatData::Bf16(_) | MatData::DeviceBf16(_) => Err(crate::Error::Invalid(format!(
+            MatData::Bf16(_) | MatData::Device(..) => Err(crate::Error::Invalid(format!(
                 "{what} needs f32 weights, but this model was loaded as bf16 \
                  (--weights bf16); load it with --weights f32"
             ))),
@@ -85,7 +86,7 @@ impl<B: Backend + ?Sized> Mat<B> {
     pub fn quant(&self) -> Option<&QuantMatrix> {
         match &self.data {
             MatData::Quant(q) => Some(q),
-            MatData::Dense(_) | MatData::Bf16(_) | MatData::DeviceBf16(_) => None,
+            MatData::Dense(_) | MatData::Bf16(_) | MatData::Device(..) => None,
         }
     }
 
@@ -110,7 +111,7 @@ impl<B: Backend + ?Sized> Mat<B> {
                 b.dequantize_rows(r, r + 1, out);
                 Ok(())
             }
-            MatData::DeviceBf16(b) => {
+            MatData::Device(b, _) => {
                 let mut row = be.zeros(self.cols)?;
                 be.gather_rows(b, self.cols, &[r as u32], &mut row, 0)?;
                 be.download(&row, 0, &mut out[..self.cols])
@@ -152,7 +153,7 @@ pub trait Backend: Send + Sync {
 
     /// out[out_row + i, :] = src[idx[i], :] for rows of `width` values (embedding lookup,
     /// picking the rows that need logits; `src` may also be the buffer of a
-    /// [`MatData::DeviceBf16`] matrix). An index past `src` is an error, not a panic.
+    /// [`MatData::Device`] matrix). An index past `src` is an error, not a panic.
     fn gather_rows(
         &self,
         src: &Self::Buf,

@@ -337,6 +337,11 @@ impl QuantMatrix {
         .expect("row lengths checked at construction");
     }
 
+    /// The blocks, row after row, as the file stores them.
+    pub fn blocks(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+
     /// Bytes of blocks (what decode reads once per token, with [`Self::table_bytes`]).
     pub fn bytes(&self) -> usize {
         self.data.as_slice().len()

@@ -113,7 +113,7 @@ impl Backend for CpuBackend {
             MatData::Dense(buf) => matmul_nt(x, buf, bias, out, m, w.rows, w.cols),
             MatData::Quant(q) => quant_matmul_nt(x, q, bias, out, m),
             MatData::Bf16(b) => bf16_matmul_nt(x, b, bias, out, m),
-            MatData::DeviceBf16(_) => {
+            MatData::Device(..) => {
                 return Err(Error::Invalid(
                     "a matrix resident on a device reached the CPU backend".into(),
                 ))

@@ -24,6 +24,42 @@ const ATT_TARGET_BLOCKS: usize = 256;
 const ATT_MIN_SPLIT: usize = 64;
 const ATT_MAX_SPLITS: usize = 64;
 
+/// How a matmul's weight matrix is stored on the device (kernels/weights.cuh): dense f32 or
+/// bf16, or GGUF blocks of 32 as the file holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightType {
+    F32,
+    Bf16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+}
+
+impl WeightType {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            WeightType::F32 => "f32",
+            WeightType::Bf16 => "bf16",
+            WeightType::Q8_0 => "q8_0",
+            WeightType::Q4_0 => "q4_0",
+            WeightType::Q4_1 => "q4_1",
+        }
+    }
+    /// Bytes of a [rows, cols] matrix (cols a multiple of 32 for the block types).
+    pub fn bytes(self, rows: usize, cols: usize) -> usize {
+        match self {
+            WeightType::F32 => rows * cols * 4,
+            WeightType::Bf16 => rows * cols * 2,
+            WeightType::Q8_0 => rows * cols / 32 * 34,
+            WeightType::Q4_0 => rows * cols / 32 * 18,
+            WeightType::Q4_1 => rows * cols / 32 * 20,
+        }
+    }
+    pub fn is_blocks(self) -> bool {
+        !matches!(self, WeightType::F32 | WeightType::Bf16)
+    }
+}
+
 /// Which matmul kernel to run; `Auto` picks GEMV for at most [`GEMV_MAX_M`] rows, else the
 /// portable tiled kernel. `TensorCore` (bf16 weights only, x rounded to bf16, sm_80+) is
 /// chosen by the device backend after its self-test, never by `Auto`.
@@ -37,7 +73,7 @@ pub enum MatmulKernel {
 
 /// out[m, n] = x[m, k] · w[n, k]ᵀ (+ bias[n]; `bias` = 0 for none).
 pub fn matmul_nt(
-    dt: DType,
+    wt: WeightType,
     kernel: MatmulKernel,
     out: u64,
     x: u64,
@@ -47,7 +83,12 @@ pub fn matmul_nt(
     n: usize,
     k: usize,
 ) -> Result<Launch, CudaError> {
-    if kernel == MatmulKernel::TensorCore && dt != DType::Bf16 {
+    if wt.is_blocks() && !k.is_multiple_of(32) {
+        return Err(CudaError::Shape(format!(
+            "{wt:?} weights with {k} columns: not whole 32-element blocks"
+        )));
+    }
+    if kernel == MatmulKernel::TensorCore && wt != WeightType::Bf16 {
         return Err(CudaError::Shape(
             "the tensor-core matmul takes bf16 weights only".into(),
         ));
@@ -78,10 +119,9 @@ pub fn matmul_nt(
     };
     if gemv {
         let grid = grid_of(n.div_ceil(GEMV_WARPS), "matmul n")?;
-        Ok(Launch::new(
-            "matmul",
+        Ok(launch_w(
             &format!("matmul_nt_gemv{vec}"),
-            dt,
+            wt,
             grid,
             (GEMV_WARPS * 32) as u32,
             args,
@@ -96,10 +136,9 @@ pub fn matmul_nt(
         } else {
             (format!("matmul_nt_tiled{vec}"), MM_THREADS)
         };
-        let mut l = Launch::new(
-            "matmul",
+        let mut l = launch_w(
             &op,
-            dt,
+            wt,
             grid_of(n.div_ceil(MM_TILE), "matmul n")?,
             threads,
             args,
@@ -107,6 +146,37 @@ pub fn matmul_nt(
         l.grid[1] = gy;
         Ok(l)
     }
+}
+
+/// A matmul launch of `{op}_{weight type}`.
+fn launch_w(op: &str, wt: WeightType, grid: u32, block: u32, args: Vec<Arg>) -> Launch {
+    Launch {
+        module: "matmul",
+        entry: format!("{op}_{}", wt.suffix()),
+        grid: [grid, 1, 1],
+        block: [block, 1, 1],
+        args,
+    }
+}
+
+/// out[i, :] = the f32 values of row ids[i] of a GGUF-block table (kernels/embedding.cu).
+pub fn embedding_blocks(
+    wt: WeightType,
+    out: u64,
+    table: u64,
+    ids: u64,
+    n: usize,
+    d: usize,
+    vocab: usize,
+) -> Result<Launch, CudaError> {
+    if !wt.is_blocks() || !d.is_multiple_of(32) {
+        return Err(CudaError::Shape(format!(
+            "a block-table lookup of {wt:?} rows of {d} values"
+        )));
+    }
+    let mut l = super::embedding_forward(DType::F32, out, table, ids, n, d, vocab)?;
+    l.entry = format!("embedding_forward_{}_f32", wt.suffix());
+    Ok(l)
 }
 
 /// Per-row tables of a batch: the cache slot of each row, its cache position, and the last
