@@ -74,7 +74,7 @@ fn read_questions(path: &PathBuf) -> Result<Vec<(Option<String>, String)>> {
     Ok(out)
 }
 
-pub fn run(a: AskArgs) -> Result<()> {
+pub fn run<B: cmt_runtime::Backend>(a: AskArgs, backend: B) -> Result<()> {
     let qs: Vec<(Option<String>, String)> = match (&a.questions, &a.question) {
         (Some(f), None) => read_questions(f)?,
         (None, Some(q)) if !q.trim().is_empty() => vec![(None, q.clone())],
@@ -89,7 +89,7 @@ pub fn run(a: AskArgs) -> Result<()> {
         batch: a.batch,
         ..Default::default()
     };
-    let cmt = a.cmt.open()?;
+    let cmt = a.cmt.open_on(backend)?;
     let bank = cmt
         .open_bank_reader(&a.bank)
         .with_context(|| format!("opening bank {}", a.bank.display()))?;

@@ -3,6 +3,7 @@ use super::model_arg::{self, WeightsArg};
 use anyhow::{Context, Result};
 use clap::Args;
 use cmt_core::Cmt;
+use cmt_runtime::Backend;
 use std::path::PathBuf;
 
 #[derive(Args, Clone)]
@@ -18,16 +19,17 @@ pub struct CmtArgs {
 }
 
 impl CmtArgs {
-    pub fn open(&self) -> Result<Cmt> {
+    /// θ on `backend` plus the checkpoint.
+    pub fn open_on<B: Backend>(&self, backend: B) -> Result<Cmt<B>> {
         let model = model_arg::resolve(self.model.clone())?;
         let cmt = match &self.checkpoint {
             Some(c) => {
                 if !c.exists() {
                     anyhow::bail!("--checkpoint {}: no such file", c.display());
                 }
-                Cmt::open_as(&model, c, self.weights.format)
+                Cmt::open_on(&model, c, backend, self.weights.format)
             }
-            None => Cmt::open_default_checkpoint(&model, self.weights.format),
+            None => Cmt::open_default_checkpoint_on(&model, backend, self.weights.format),
         };
         cmt.with_context(|| format!("loading {}", model.display()))
     }

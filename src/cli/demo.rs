@@ -37,11 +37,11 @@ fn correct(answer: &str, golds: &[String]) -> bool {
         .any(|g| a.contains(&format!(" {} ", normalize_answer(g))))
 }
 
-pub fn run(a: DemoArgs) -> Result<()> {
+pub fn run<B: cmt_runtime::Backend>(a: DemoArgs, backend: B) -> Result<()> {
     let path = model_arg::resolve(a.model)?;
     let cmt = match &a.checkpoint {
-        Some(c) => Cmt::open_as(&path, c, a.weights.format)?,
-        None => Cmt::open_default_checkpoint(&path, a.weights.format)?,
+        Some(c) => Cmt::open_on(&path, c, backend, a.weights.format)?,
+        None => Cmt::open_default_checkpoint_on(&path, backend, a.weights.format)?,
     };
     let read = read_documents_from(DOCUMENTS.as_bytes(), "bundled demo documents", true)?;
     let questions: Vec<Question> = QUESTIONS

@@ -5,13 +5,13 @@ use cmt_runtime::cuda::Gpu;
 use cmt_runtime::device::{resolve_for_model, DeviceChoice, Target};
 use cmt_runtime::CpuBackend;
 
-/// Why the CMT commands (ingest, ask, eval, train, demo) stay on the CPU: their compressor and
-/// memory bank run CPU code, and the training backward is CPU-only.
-const CMT_CPU_ONLY: &str = "the CMT commands (ingest, ask, eval, train, demo) run on the CPU \
-                            only so far (the compressor, the bank search and the training \
-                            backward have no CUDA path yet)";
+/// Why `cmt train` stays on the CPU: the backward through θ is CPU code.
+const TRAIN_CPU_ONLY: &str = "cmt train runs on the CPU only so far (the backward through the \
+                              model has no CUDA path yet)";
 
-/// The backend of a command that runs only the transformer (generate, score, bench).
+/// The backend of θ for a command that runs it forward only (generate, score, bench, and the
+/// CMT inference commands ingest, ask, eval, demo, whose compressor, bank search and prefix
+/// generator stay on the CPU).
 pub enum ModelBackend {
     Cpu(CpuBackend),
     Cuda(Box<DeviceBackend<Gpu>>),
@@ -50,13 +50,13 @@ pub fn model_backend(choice: DeviceChoice) -> Result<ModelBackend> {
     })
 }
 
-/// For the CMT commands: the CPU (`auto` says so when it found a GPU); an explicit `cuda` is
-/// an error saying why.
-pub fn cmt_backend(choice: DeviceChoice) -> Result<CpuBackend> {
-    let (target, n) = resolve_for_model(choice, Err(CMT_CPU_ONLY))?;
+/// For `cmt train`: the CPU (`auto` says so when it found a GPU); an explicit `cuda` is an
+/// error saying why.
+pub fn train_backend(choice: DeviceChoice) -> Result<CpuBackend> {
+    let (target, n) = resolve_for_model(choice, Err(TRAIN_CPU_ONLY))?;
     note(n);
     match target {
         Target::Cpu => Ok(CpuBackend),
-        Target::Cuda(g) => anyhow::bail!("{}: {CMT_CPU_ONLY}", g.describe()),
+        Target::Cuda(g) => anyhow::bail!("{}: {TRAIN_CPU_ONLY}", g.describe()),
     }
 }

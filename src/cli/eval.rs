@@ -106,7 +106,14 @@ fn bar_for(bar: &ProgressBar, p: EvalProgress) {
     bar.set_position(done as u64);
 }
 
-pub fn run(a: EvalArgs) -> Result<()> {
+pub fn run<B: cmt_runtime::Backend>(a: EvalArgs, backend: B) -> Result<()> {
+    // Exactly one of the branches below loads θ, on this backend.
+    let mut backend = Some(backend);
+    let mut take = || {
+        backend
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("θ loaded twice"))
+    };
     if a.plot.is_some() && !a.method.streams() {
         anyhow::bail!(
             "--plot: {} streams nothing and has no retention curve to draw",
@@ -152,7 +159,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         if !ckpt.exists() {
             anyhow::bail!("checkpoint {}: no such file", ckpt.display());
         }
-        let c = Cmt::open_as(&model_path, &ckpt, a.weights.format);
+        let c = Cmt::open_on(&model_path, &ckpt, take()?, a.weights.format);
         Some(c.with_context(|| format!("loading {}", model_path.display()))?)
     } else {
         None
@@ -168,7 +175,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             },
         },
         None => {
-            base = BaseLm::load_as(&model_path, a.weights.format)
+            base = BaseLm::load_on(&model_path, take()?, a.weights.format)
                 .with_context(|| format!("loading {}", model_path.display()))?;
             let name = match &a.template {
                 Some(t) => t.as_str(),

@@ -32,7 +32,7 @@ pub struct IngestArgs {
     files: Vec<PathBuf>,
 }
 
-pub fn run(a: IngestArgs) -> Result<()> {
+pub fn run<B: cmt_runtime::Backend>(a: IngestArgs, backend: B) -> Result<()> {
     let mut docs = Vec::new();
     let mut bad = 0;
     for f in &a.files {
@@ -43,7 +43,7 @@ pub fn run(a: IngestArgs) -> Result<()> {
         bad += read.bad.len();
         docs.extend(read.documents);
     }
-    let cmt = a.cmt.open()?;
+    let cmt = a.cmt.open_on(backend)?;
     let mut bank = cmt
         .open_bank_writer(&a.bank)
         .with_context(|| format!("opening bank {}", a.bank.display()))?;

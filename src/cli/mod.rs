@@ -40,8 +40,9 @@ struct Cli {
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Where the model runs: cpu, cuda[:N], or auto (CUDA if it can run the command, else the
-    /// CPU with a one-line note on stderr). generate, score and bench run on CUDA; the CMT
-    /// commands (ingest, ask, eval, train, demo) on the CPU only so far.
+    /// CPU with a one-line note on stderr). Every command but train runs θ on CUDA (the
+    /// compressor, the bank search and the prefix generator stay on the CPU); train runs on
+    /// the CPU only so far.
     #[arg(long, global = true, default_value = "cpu")]
     device: cmt_runtime::device::DeviceChoice,
     #[command(subcommand)]
@@ -106,26 +107,22 @@ pub fn run() -> Result<()> {
             Ok(())
         }
         Command::Demo(a) => {
-            device::cmt_backend(cli.device)?;
-            demo::run(a)
+            device::on_backend!(device::model_backend(cli.device)?, |b| demo::run(a, b))
         }
         Command::Generate(a) => generate::generate(a, cli.device),
         Command::Score(a) => generate::score(a, cli.device),
         Command::Bench(a) => bench::run(a, cli.device),
         Command::Ingest(a) => {
-            device::cmt_backend(cli.device)?;
-            ingest::run(a)
+            device::on_backend!(device::model_backend(cli.device)?, |b| ingest::run(a, b))
         }
         Command::Ask(a) => {
-            device::cmt_backend(cli.device)?;
-            ask::run(a)
+            device::on_backend!(device::model_backend(cli.device)?, |b| ask::run(a, b))
         }
         Command::Eval(a) => {
-            device::cmt_backend(cli.device)?;
-            eval::run(*a)
+            device::on_backend!(device::model_backend(cli.device)?, |b| eval::run(*a, b))
         }
         Command::Train(a) => {
-            device::cmt_backend(cli.device)?;
+            device::train_backend(cli.device)?;
             train::run(*a)
         }
         Command::Bank(c) => bank::run(c),

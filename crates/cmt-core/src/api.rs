@@ -12,7 +12,7 @@ use crate::model::{BaseLm, CmtModel};
 use crate::params::CmtParams;
 use crate::template::chat_template_of;
 use cmt_memory::Bank;
-use cmt_runtime::WeightFormat;
+use cmt_runtime::{Backend, CpuBackend, WeightFormat};
 use std::path::{Path, PathBuf};
 
 /// Where the trained default checkpoint for the default model lives in the repository.
@@ -73,10 +73,11 @@ pub fn init_checkpoint(
     Ok((meta, params))
 }
 
-/// θ plus a checkpoint: what ingest and ask run on.
-pub struct Cmt {
+/// θ plus a checkpoint: what ingest and ask run on. θ runs on the CPU or, for inference, on
+/// any backend (`Cmt::open_on`); the compressor, the bank search and ψ / G_ω run on the CPU.
+pub struct Cmt<B: Backend = CpuBackend> {
     /// The model: θ, the checkpoint and the template.
-    pub model: CmtModel,
+    pub model: CmtModel<B>,
 }
 
 impl Cmt {
@@ -89,15 +90,36 @@ impl Cmt {
     /// As [`Cmt::open`], θ's matrices held as `weights` says (`Native`: a GGUF's quantised
     /// blocks, the same weight values as f32 with activations rounded to 16 bits).
     pub fn open_as(model_path: &Path, checkpoint: &Path, weights: WeightFormat) -> Result<Cmt> {
-        let base = BaseLm::load_as(model_path, weights)?;
+        Cmt::open_on(model_path, checkpoint, CpuBackend, weights)
+    }
+
+    /// As [`Cmt::open_as`] with the default checkpoint; an error says so when there is none.
+    pub fn open_default_checkpoint(model_path: &Path, weights: WeightFormat) -> Result<Cmt> {
+        Cmt::open_default_checkpoint_on(model_path, CpuBackend, weights)
+    }
+}
+
+impl<B: Backend> Cmt<B> {
+    /// As [`Cmt::open_as`], θ on `backend`.
+    pub fn open_on(
+        model_path: &Path,
+        checkpoint: &Path,
+        backend: B,
+        weights: WeightFormat,
+    ) -> Result<Cmt<B>> {
+        let base = BaseLm::load_on(model_path, backend, weights)?;
         let ckpt = checkpoint::load(checkpoint)?;
         Ok(Cmt {
             model: CmtModel::new(base, ckpt)?,
         })
     }
 
-    /// As [`Cmt::open_as`] with the default checkpoint; an error says so when there is none.
-    pub fn open_default_checkpoint(model_path: &Path, weights: WeightFormat) -> Result<Cmt> {
+    /// As [`Cmt::open_on`] with the default checkpoint; an error says so when there is none.
+    pub fn open_default_checkpoint_on(
+        model_path: &Path,
+        backend: B,
+        weights: WeightFormat,
+    ) -> Result<Cmt<B>> {
         let ckpt = default_checkpoint_path().ok_or_else(|| {
             Error::Invalid(format!(
                 "no default checkpoint yet ({DEFAULT_CHECKPOINT} is absent and CMT_CHECKPOINT \
@@ -105,7 +127,7 @@ impl Cmt {
                  init --out FILE`"
             ))
         })?;
-        Self::open_as(model_path, &ckpt, weights)
+        Self::open_on(model_path, &ckpt, backend, weights)
     }
 
     /// Opens (or creates) the bank at `dir` as its writer.

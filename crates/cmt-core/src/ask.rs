@@ -4,6 +4,7 @@ use crate::bank::{decode_source, EntryDoc};
 use crate::error::{Error, Result};
 use crate::model::{CmtModel, MAX_NEW_TOKENS};
 use cmt_memory::{Bank, TopK, MAX_K};
+use cmt_runtime::Backend;
 use cmt_runtime::KvPrefix;
 use std::time::Instant;
 
@@ -131,7 +132,7 @@ fn dense(
 }
 
 /// The prompt ids of `questions` (the template without a context: memory comes as a prefix).
-fn closed_prompts(model: &CmtModel, questions: &[String]) -> Result<Vec<Vec<u32>>> {
+fn closed_prompts<B: Backend>(model: &CmtModel<B>, questions: &[String]) -> Result<Vec<Vec<u32>>> {
     questions
         .iter()
         .map(|q| model.prompt_ids(q, None))
@@ -139,8 +140,8 @@ fn closed_prompts(model: &CmtModel, questions: &[String]) -> Result<Vec<Vec<u32>
 }
 
 /// Answers `questions` with memories from `bank` (closed-book when it is `None` or empty).
-pub fn ask(
-    model: &CmtModel,
+pub fn ask<B: Backend>(
+    model: &CmtModel<B>,
     bank: Option<&Bank>,
     questions: &[String],
     opts: &AskOptions,
@@ -156,8 +157,8 @@ pub fn ask(
     Ok(out)
 }
 
-fn ask_batch(
-    model: &CmtModel,
+fn ask_batch<B: Backend>(
+    model: &CmtModel<B>,
     bank: Option<&Bank>,
     questions: &[String],
     k: usize,
@@ -289,8 +290,8 @@ fn used_memories(sel: &[TopK], entries: &[Vec<Fetched>]) -> Vec<Vec<UsedMemory>>
 /// `k` best entries of `bank` by s = k_x·k_d / τ, best first, with their softmax weights.
 /// Ranks by score whatever the checkpoint's `topk` switch (the ranking is what retrieval
 /// recall and `cmt-keys-rag` read). An empty bank gives empty lists.
-pub fn match_questions(
-    model: &CmtModel,
+pub fn match_questions<B: Backend>(
+    model: &CmtModel<B>,
     bank: &Bank,
     questions: &[String],
     k: usize,
@@ -316,8 +317,8 @@ pub fn match_questions(
 /// s = k_x·k_d / τ, softmax weights over them and A = Σ w M_d, then ψ, G_ω and generation.
 /// This is the `cmt-shuffled` control (entries of other documents, drawn at random). A
 /// question with no entries is answered without memory. Entries are reported best first.
-pub fn ask_with_entries(
-    model: &CmtModel,
+pub fn ask_with_entries<B: Backend>(
+    model: &CmtModel<B>,
     bank: &Bank,
     questions: &[String],
     entries: &[Vec<u64>],
@@ -379,8 +380,8 @@ fn selection_of(bank: &Bank, key: &[f32], ids: &[u64], tau: f32) -> Result<TopK>
     })
 }
 
-fn ask_with_entries_batch(
-    model: &CmtModel,
+fn ask_with_entries_batch<B: Backend>(
+    model: &CmtModel<B>,
     bank: &Bank,
     questions: &[String],
     entries: &[Vec<u64>],

@@ -12,6 +12,7 @@
 use crate::error::{Error, Result};
 use crate::model::CmtModel;
 use cmt_memory::{Bank, BankConfig, EntryMeta, Expect, KeyDtype, MemDtype, OpenOptions, Verify};
+use cmt_runtime::Backend;
 use std::path::Path;
 
 /// Separates the fields packed in an entry's source.
@@ -71,12 +72,12 @@ pub fn decode_source(s: &str) -> EntryDoc {
 }
 
 /// What a bank made for `model` must hold in its base-model field.
-pub fn binding(model: &CmtModel) -> String {
+pub fn binding<B: Backend>(model: &CmtModel<B>) -> String {
     format!("cmt-ckpt:{}", model.ckpt.sha256)
 }
 
 /// The bank configuration for `model`'s memories (bf16 memories, f32 keys).
-pub fn bank_config(model: &CmtModel) -> BankConfig {
+pub fn bank_config<B: Backend>(model: &CmtModel<B>) -> BankConfig {
     let c = model.cfg();
     let mut cfg = BankConfig::new(
         c.t(),
@@ -91,7 +92,7 @@ pub fn bank_config(model: &CmtModel) -> BankConfig {
     cfg
 }
 
-fn expect(model: &CmtModel) -> Expect {
+fn expect<B: Backend>(model: &CmtModel<B>) -> Expect {
     let c = bank_config(model);
     Expect {
         t: c.t,
@@ -102,7 +103,7 @@ fn expect(model: &CmtModel) -> Expect {
 }
 
 /// Explains a refused bank in the model's terms (which checkpoint made it).
-fn explain(dir: &Path, model: &CmtModel, e: cmt_memory::Error) -> Error {
+fn explain<B: Backend>(dir: &Path, model: &CmtModel<B>, e: cmt_memory::Error) -> Error {
     match e {
         cmt_memory::Error::Mismatch {
             field: "base-model hash",
@@ -122,7 +123,7 @@ fn explain(dir: &Path, model: &CmtModel, e: cmt_memory::Error) -> Error {
 }
 
 /// Opens `dir` for reading (a snapshot), refusing a bank of another checkpoint.
-pub fn open_reader(dir: &Path, model: &CmtModel) -> Result<Bank> {
+pub fn open_reader<B: Backend>(dir: &Path, model: &CmtModel<B>) -> Result<Bank> {
     let opts = OpenOptions {
         write: false,
         verify: Verify::Heads,
@@ -132,7 +133,7 @@ pub fn open_reader(dir: &Path, model: &CmtModel) -> Result<Bank> {
 }
 
 /// Opens `dir` as the writer, creating the bank when the directory has none.
-pub fn open_writer(dir: &Path, model: &CmtModel) -> Result<Bank> {
+pub fn open_writer<B: Backend>(dir: &Path, model: &CmtModel<B>) -> Result<Bank> {
     if !dir.join("HEADER").exists() {
         return Ok(Bank::create(dir, &bank_config(model))?);
     }

@@ -12,6 +12,7 @@ use crate::data::Document;
 use crate::error::{Error, Result};
 use crate::model::CmtModel;
 use cmt_memory::{Bank, MemView, NewEntry};
+use cmt_runtime::Backend;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
@@ -73,8 +74,8 @@ fn now() -> u64 {
 }
 
 /// Ingests `docs` into `bank` (which must be open as the writer).
-pub fn ingest(
-    model: &CmtModel,
+pub fn ingest<B: Backend>(
+    model: &CmtModel<B>,
     bank: &mut Bank,
     docs: &[Document],
     opts: &IngestOptions,

@@ -12,17 +12,18 @@ use crate::template::Template;
 use cmt_compress::encode::{Chunking, EncodeOptions, Encoder, Progress};
 use cmt_compress::Compressed;
 use cmt_memory::TopK;
-use cmt_runtime::{CpuBackend, GenerateOptions, KvPrefix, Model, Tokenizer, WeightFormat};
+use cmt_runtime::{Backend, CpuBackend, GenerateOptions, KvPrefix, Model, Tokenizer, WeightFormat};
 use std::path::{Path, PathBuf};
 
 /// Decoding of every method (DESIGN §1.9): greedy, at most this many new tokens, stop at
 /// EOS or a newline.
 pub const MAX_NEW_TOKENS: usize = 24;
 
-/// θ, loaded, with what identifies it.
-pub struct BaseLm {
+/// θ, loaded, with what identifies it, on the CPU (training's backward is CPU-only) or on
+/// any backend for inference.
+pub struct BaseLm<B: Backend = CpuBackend> {
     /// The frozen transformer.
-    pub model: Model<CpuBackend>,
+    pub model: Model<B>,
     /// Its tokenizer.
     pub tok: Tokenizer,
     /// The file or directory it was loaded from.
@@ -41,8 +42,15 @@ impl BaseLm {
     /// As [`BaseLm::load`], the matrices held as `weights` says (inference: `Native` keeps
     /// a GGUF's quantised blocks; the backward refuses anything but f32).
     pub fn load_as(path: &Path, weights: WeightFormat) -> Result<BaseLm> {
+        BaseLm::load_on(path, CpuBackend, weights)
+    }
+}
+
+impl<B: Backend> BaseLm<B> {
+    /// As [`BaseLm::load_as`], θ on `backend` (the device backend for `--device cuda`).
+    pub fn load_on(path: &Path, backend: B, weights: WeightFormat) -> Result<BaseLm<B>> {
         let sha256 = model_sha256(path)?;
-        let (model, tok) = cmt_runtime::load_model_as(path, CpuBackend, weights)?;
+        let (model, tok) = cmt_runtime::load_model_as(path, backend, weights)?;
         Ok(BaseLm {
             model,
             tok,
@@ -170,18 +178,18 @@ pub struct Memories {
 }
 
 /// The full model: θ, the trained parts and the template.
-pub struct CmtModel {
+pub struct CmtModel<B: Backend = CpuBackend> {
     /// θ.
-    pub base: BaseLm,
+    pub base: BaseLm<B>,
     /// The trained parts and their metadata.
     pub ckpt: Checkpoint,
     /// The question template the checkpoint was trained with.
     pub template: Template,
 }
 
-impl CmtModel {
+impl<B: Backend> CmtModel<B> {
     /// Binds a checkpoint to θ; refused when the checkpoint was made for another model.
-    pub fn new(base: BaseLm, ckpt: Checkpoint) -> Result<CmtModel> {
+    pub fn new(base: BaseLm<B>, ckpt: Checkpoint) -> Result<CmtModel<B>> {
         ckpt.check_base_model(&base.sha256, &base.dims())?;
         let template = Template::for_model(&ckpt.meta.template, &base.path)?;
         Ok(CmtModel {
@@ -207,7 +215,7 @@ impl CmtModel {
         max_doc_tokens: usize,
         overlap: usize,
         progress: Progress,
-    ) -> Result<Encoder<'_, CpuBackend>> {
+    ) -> Result<Encoder<'_, B>> {
         let opts = encode_options(self.cfg(), max_doc_tokens, overlap, progress)?;
         Ok(Encoder::new(&self.base.model, opts)?)
     }

@@ -10,6 +10,7 @@ use crate::metrics;
 use crate::model::BaseLm;
 use crate::template::Template;
 use cmt_memory::Bank;
+use cmt_runtime::Backend;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::HashMap;
@@ -43,8 +44,8 @@ impl Memory<'_> {
 /// The prompt for `question` with an optional context passage; a context too long for
 /// θ's window (with `reserve` positions kept for a prefix and the answer) is cut, by a
 /// quarter of its characters at a time, until the prompt fits.
-pub(crate) fn fit_prompt(
-    lm: &BaseLm,
+pub(crate) fn fit_prompt<B: Backend>(
+    lm: &BaseLm<B>,
     template: &Template,
     question: &str,
     context: Option<&str>,
@@ -127,8 +128,8 @@ struct Raw {
 
 /// Answers `questions` (pairs of dataset index and question) with `opts.method`; `k` is
 /// the number of memories (cmt methods) and of documents for recall@k.
-pub(crate) fn answer_questions(
-    engine: &Engine,
+pub(crate) fn answer_questions<B: Backend>(
+    engine: &Engine<'_, B>,
     opts: &EvalOptions,
     k: usize,
     mem: &Memory,
@@ -181,8 +182,8 @@ pub(crate) fn answer_questions(
     Ok(out)
 }
 
-fn answer_batch(
-    engine: &Engine,
+fn answer_batch<B: Backend>(
+    engine: &Engine<'_, B>,
     opts: &EvalOptions,
     k: usize,
     mem: &Memory,

@@ -24,6 +24,7 @@ use crate::data::{Dataset, Document};
 use crate::error::{Error, Result};
 use crate::model::{BaseLm, CmtModel, MAX_NEW_TOKENS};
 use crate::template::Template;
+use cmt_runtime::{Backend, CpuBackend};
 
 mod answer;
 mod bm25;
@@ -162,21 +163,21 @@ impl Default for EvalOptions {
 
 /// What answers: θ with a question template (enough for the baselines), or the full CMT
 /// model (θ, checkpoint, and the checkpoint's template).
-pub enum Engine<'a> {
+pub enum Engine<'a, B: Backend = CpuBackend> {
     /// θ and a template: closed-book, oracle and rag.
     Base {
         /// The frozen model.
-        lm: &'a BaseLm,
+        lm: &'a BaseLm<B>,
         /// The question template.
         template: Template,
     },
     /// The CMT model: every method (baselines use its θ and its template).
-    Cmt(&'a CmtModel),
+    Cmt(&'a CmtModel<B>),
 }
 
-impl Engine<'_> {
+impl<B: Backend> Engine<'_, B> {
     /// θ.
-    pub fn lm(&self) -> &BaseLm {
+    pub fn lm(&self) -> &BaseLm<B> {
         match self {
             Engine::Base { lm, .. } => lm,
             Engine::Cmt(m) => &m.base,
@@ -192,7 +193,7 @@ impl Engine<'_> {
     }
 
     /// The CMT model, when there is one.
-    pub fn cmt(&self) -> Option<&CmtModel> {
+    pub fn cmt(&self) -> Option<&CmtModel<B>> {
         match self {
             Engine::Base { .. } => None,
             Engine::Cmt(m) => Some(m),

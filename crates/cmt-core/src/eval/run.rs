@@ -12,6 +12,7 @@ use crate::data::{Dataset, Document, Question};
 use crate::error::{Error, Result};
 use crate::ingest::{self, IngestOptions};
 use cmt_memory::MAX_K;
+use cmt_runtime::Backend;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -21,8 +22,8 @@ use std::time::Instant;
 /// The CMT methods stream into a fresh bank in a temporary directory (removed at the
 /// end); `rag` indexes the streamed documents with BM25; closed-book and oracle stream
 /// nothing. `progress` is called as documents stream and questions are answered.
-pub fn evaluate(
-    engine: &Engine,
+pub fn evaluate<B: Backend>(
+    engine: &Engine<'_, B>,
     data: &Dataset,
     distractors: &[Document],
     opts: &EvalOptions,
