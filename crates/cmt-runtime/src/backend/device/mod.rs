@@ -14,6 +14,10 @@ use crate::cuda::launch::{self as kl, DType, Launch};
 use crate::cuda::Exec;
 use crate::error::{Error, Result};
 use crate::quant::QType;
+mod scratch;
+mod tensor_cores;
+
+use scratch::Table;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
@@ -44,12 +48,6 @@ pub struct DeviceBackend<E: Exec> {
     tensor_cores: OnceLock<bool>,
 }
 
-struct Table<B> {
-    host: Vec<i32>,
-    buf: B,
-    cap: usize,
-}
-
 fn check(what: &str, have: usize, need: usize) -> Result<()> {
     if have < need {
         return Err(Error::Invalid(format!(
@@ -74,78 +72,6 @@ impl<E: Exec> DeviceBackend<E> {
             allow_tensor_cores: std::env::var_os("CMT_CUDA_MMA").is_none_or(|v| v != "0"),
             tensor_cores: OnceLock::new(),
         }
-    }
-
-    /// Keeps every bf16 matmul on the portable kernels (f32 activations throughout).
-    pub fn without_tensor_cores(mut self) -> Self {
-        self.allow_tensor_cores = false;
-        self
-    }
-
-    /// Whether bf16 matmuls of more than GEMV rows run on the tensor cores: allowed, and the
-    /// kernel agrees with the portable one on a ragged test product on this device (an old
-    /// GPU without mma.sync bf16 fails the launch; a wrong result fails the comparison).
-    /// Decided once, on first use; a failure is said on stderr.
-    pub fn tensor_cores(&self) -> bool {
-        *self.tensor_cores.get_or_init(|| {
-            if !self.allow_tensor_cores {
-                return false;
-            }
-            match self.tensor_core_self_test() {
-                Ok(None) => true,
-                Ok(Some(why)) | Err(why) => {
-                    eprintln!("cmt: {}: tensor-core matmul disabled ({why})", self.name);
-                    false
-                }
-            }
-        })
-    }
-
-    /// `Ok(None)`: the tensor-core product matches the tiled kernel's on bf16-valued inputs
-    /// (same products in f32, summed in another order).
-    fn tensor_core_self_test(&self) -> std::result::Result<Option<String>, String> {
-        let (m, n, k) = (70, 72, 48);
-        let val = |i: usize| half::bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0);
-        let x: Vec<f32> = (0..m * k).map(|i| val(i).to_f32()).collect();
-        let wv: Vec<half::bf16> = (0..n * k).map(|i| val(i * 7 + 3)).collect();
-        let e = |e: Error| e.to_string();
-        let xb = self.upload(x).map_err(e)?;
-        let w = self
-            .upload_bf16(&Bf16Matrix::from_f32(
-                n,
-                k,
-                &wv.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
-            ))
-            .map_err(e)?;
-        let mut outs = Vec::new();
-        for kernel in [MatmulKernel::Tiled, MatmulKernel::TensorCore] {
-            let out = self.zeros(m * n).map_err(e)?;
-            let l = transformer::matmul_nt(
-                WeightType::Bf16,
-                kernel,
-                self.ptr(&out),
-                self.ptr(&xb),
-                self.ptr(&w),
-                0,
-                m,
-                n,
-                k,
-            )
-            .map_err(|e| e.to_string())?;
-            self.run(&[l]).map_err(e)?;
-            let mut host = vec![0.0; m * n];
-            self.download(&out, 0, &mut host).map_err(e)?;
-            outs.push(host);
-        }
-        let scale = outs[0].iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        let diff = outs[0]
-            .iter()
-            .zip(&outs[1])
-            .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
-        // NaN fails too.
-        let agrees = diff <= 1e-5 + 1e-5 * scale;
-        Ok((!agrees)
-            .then(|| format!("self-test max |diff| {diff:.3e} against a scale of {scale:.3e}")))
     }
 
     pub fn exec(&self) -> &E {
@@ -178,44 +104,6 @@ impl<E: Exec> DeviceBackend<E> {
             unsafe { self.exec.launch(l) }?;
         }
         Ok(())
-    }
-
-    /// Device address of the table `role` holding `v`, uploading only when it changed. The
-    /// address stays valid until the next call for the same role.
-    fn table(&self, role: &'static str, v: &[i32]) -> Result<u64> {
-        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        match tables.get_mut(role) {
-            Some(t) if t.host == v => {}
-            Some(t) if t.cap >= v.len() => {
-                self.exec.write(&mut t.buf, 0, i32s(v))?;
-                t.host.clear();
-                t.host.extend_from_slice(v);
-            }
-            _ => {
-                let cap = v.len().next_power_of_two().max(64);
-                let mut buf = self.exec.alloc(cap * 4)?;
-                self.exec.write(&mut buf, 0, i32s(v))?;
-                tables.insert(
-                    role,
-                    Table {
-                        host: v.to_vec(),
-                        buf,
-                        cap,
-                    },
-                );
-            }
-        }
-        Ok(self.exec.ptr(&tables[role].buf))
-    }
-
-    /// The partials buffer, at least `n` values long.
-    fn with_part<T>(&self, n: usize, f: impl FnOnce(u64) -> Result<T>) -> Result<T> {
-        let mut part = self.part.lock().unwrap_or_else(|e| e.into_inner());
-        if n > 0 && part.as_ref().is_none_or(|p| p.len < n) {
-            *part = Some(self.zeros(n)?);
-        }
-        let ptr = part.as_ref().map_or(0, |p| self.ptr(p));
-        f(ptr)
     }
 }
 
