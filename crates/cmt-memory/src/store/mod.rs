@@ -248,7 +248,7 @@ impl Bank {
             .collect()
     }
 
-    fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         self.dir.display().to_string()
     }
 

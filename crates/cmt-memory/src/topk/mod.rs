@@ -23,10 +23,13 @@
 //! Keys are f32 or bf16 ([`crate::KeyDtype`]): a bf16 matrix halves the scan's bytes and is
 //! widened exactly in registers, so it scores like an f32 matrix of the rounded keys. The
 //! CUDA version is kernels/topk_aggregate.cu (same split, same fold and tie rule, checked
-//! against [`slow`] by crates/cmt-kernel-check); it is not wired to [`crate::Bank`] yet.
+//! against [`slow`] by crates/cmt-kernel-check); [`device::DeviceBank`] runs it over a copy of
+//! a [`crate::Bank`].
 pub(crate) mod axpy;
 pub mod backward;
 pub mod combine;
+/// The search on a device (kernels/topk_aggregate.cu over an uploaded copy of a bank).
+pub mod device;
 pub(crate) mod heap;
 /// Launch geometry of kernels/topk_aggregate.cu (the CUDA search of the bank).
 pub mod launch;
