@@ -74,7 +74,7 @@ fn read_questions(path: &PathBuf) -> Result<Vec<(Option<String>, String)>> {
     Ok(out)
 }
 
-pub fn run<B: cmt_runtime::Backend>(a: AskArgs, backend: B) -> Result<()> {
+pub fn run<B: cmt_core::search::SearchWith>(a: AskArgs, backend: B) -> Result<()> {
     let qs: Vec<(Option<String>, String)> = match (&a.questions, &a.question) {
         (Some(f), None) => read_questions(f)?,
         (None, Some(q)) if !q.trim().is_empty() => vec![(None, q.clone())],

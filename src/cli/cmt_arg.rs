@@ -2,8 +2,8 @@
 use super::model_arg::{self, WeightsArg};
 use anyhow::{Context, Result};
 use clap::Args;
+use cmt_core::search::SearchWith;
 use cmt_core::Cmt;
-use cmt_runtime::Backend;
 use std::path::PathBuf;
 
 #[derive(Args, Clone)]
@@ -20,7 +20,7 @@ pub struct CmtArgs {
 
 impl CmtArgs {
     /// θ on `backend` plus the checkpoint.
-    pub fn open_on<B: Backend>(&self, backend: B) -> Result<Cmt<B>> {
+    pub fn open_on<B: SearchWith>(&self, backend: B) -> Result<Cmt<B>> {
         let model = model_arg::resolve(self.model.clone())?;
         let cmt = match &self.checkpoint {
             Some(c) => {

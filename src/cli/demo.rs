@@ -37,7 +37,7 @@ fn correct(answer: &str, golds: &[String]) -> bool {
         .any(|g| a.contains(&format!(" {} ", normalize_answer(g))))
 }
 
-pub fn run<B: cmt_runtime::Backend>(a: DemoArgs, backend: B) -> Result<()> {
+pub fn run<B: cmt_core::search::SearchWith>(a: DemoArgs, backend: B) -> Result<()> {
     let path = model_arg::resolve(a.model)?;
     let cmt = match &a.checkpoint {
         Some(c) => Cmt::open_on(&path, c, backend, a.weights.format)?,

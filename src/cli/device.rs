@@ -4,6 +4,7 @@ use cmt_runtime::backend::DeviceBackend;
 use cmt_runtime::cuda::Gpu;
 use cmt_runtime::device::{resolve_for_model, DeviceChoice, Target};
 use cmt_runtime::CpuBackend;
+use std::sync::Arc;
 
 /// Why `cmt train` stays on the CPU: the backward through θ is CPU code.
 const TRAIN_CPU_ONLY: &str = "cmt train runs on the CPU only so far (the backward through the \
@@ -14,7 +15,7 @@ const TRAIN_CPU_ONLY: &str = "cmt train runs on the CPU only so far (the backwar
 /// generator stay on the CPU).
 pub enum ModelBackend {
     Cpu(CpuBackend),
-    Cuda(Box<DeviceBackend<Gpu>>),
+    Cuda(Box<DeviceBackend<Arc<Gpu>>>),
 }
 
 /// Runs `$body` with `$b` bound to the chosen backend, whichever type it has.
@@ -45,7 +46,7 @@ pub fn model_backend(choice: DeviceChoice) -> Result<ModelBackend> {
         Target::Cpu => ModelBackend::Cpu(CpuBackend),
         Target::Cuda(gpu) => {
             let name = gpu.describe();
-            ModelBackend::Cuda(Box::new(DeviceBackend::new(gpu, name)))
+            ModelBackend::Cuda(Box::new(DeviceBackend::new(Arc::new(gpu), name)))
         }
     })
 }

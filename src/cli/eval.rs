@@ -106,7 +106,7 @@ fn bar_for(bar: &ProgressBar, p: EvalProgress) {
     bar.set_position(done as u64);
 }
 
-pub fn run<B: cmt_runtime::Backend>(a: EvalArgs, backend: B) -> Result<()> {
+pub fn run<B: cmt_core::search::SearchWith>(a: EvalArgs, backend: B) -> Result<()> {
     // Exactly one of the branches below loads θ, on this backend.
     let mut backend = Some(backend);
     let mut take = || {

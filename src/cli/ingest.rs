@@ -32,7 +32,7 @@ pub struct IngestArgs {
     files: Vec<PathBuf>,
 }
 
-pub fn run<B: cmt_runtime::Backend>(a: IngestArgs, backend: B) -> Result<()> {
+pub fn run<B: cmt_core::search::SearchWith>(a: IngestArgs, backend: B) -> Result<()> {
     let mut docs = Vec::new();
     let mut bad = 0;
     for f in &a.files {

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::ingest::{self, IngestOptions, IngestProgress, IngestReport};
 use crate::model::{BaseLm, CmtModel};
 use crate::params::CmtParams;
+use crate::search::SearchWith;
 use crate::template::chat_template_of;
 use cmt_memory::Bank;
 use cmt_runtime::{Backend, CpuBackend, WeightFormat};
@@ -100,18 +101,23 @@ impl Cmt {
 }
 
 impl<B: Backend> Cmt<B> {
-    /// As [`Cmt::open_as`], θ on `backend`.
+    /// As [`Cmt::open_as`], θ on `backend`, and banks searched where θ runs (the device
+    /// backend's device: kernels/topk_aggregate.cu).
     pub fn open_on(
         model_path: &Path,
         checkpoint: &Path,
         backend: B,
         weights: WeightFormat,
-    ) -> Result<Cmt<B>> {
+    ) -> Result<Cmt<B>>
+    where
+        B: SearchWith,
+    {
+        let search = backend.bank_search();
         let base = BaseLm::load_on(model_path, backend, weights)?;
         let ckpt = checkpoint::load(checkpoint)?;
-        Ok(Cmt {
-            model: CmtModel::new(base, ckpt)?,
-        })
+        let mut model = CmtModel::new(base, ckpt)?;
+        model.set_search(search);
+        Ok(Cmt { model })
     }
 
     /// As [`Cmt::open_on`] with the default checkpoint; an error says so when there is none.
@@ -119,7 +125,10 @@ impl<B: Backend> Cmt<B> {
         model_path: &Path,
         backend: B,
         weights: WeightFormat,
-    ) -> Result<Cmt<B>> {
+    ) -> Result<Cmt<B>>
+    where
+        B: SearchWith,
+    {
         let ckpt = default_checkpoint_path().ok_or_else(|| {
             Error::Invalid(format!(
                 "no default checkpoint yet ({DEFAULT_CHECKPOINT} is absent and CMT_CHECKPOINT \

@@ -192,7 +192,10 @@ fn ask_batch<B: Backend>(
             bank.search_where(&qx.keys, k, tau, keep)
                 .map_err(Error::from)
         } else {
-            bank.search(&qx.keys, k, tau).map_err(Error::from)
+            model
+                .search
+                .search(bank, &qx.keys, k, tau)
+                .map_err(Error::from)
         };
         let sel = match sel {
             Ok(s) if s.iter().all(|s| !s.ids.is_empty()) => Some(s),
@@ -307,7 +310,9 @@ pub fn match_questions<B: Backend>(
         .map(|q| model.question_ids(q))
         .collect::<Result<_>>()?;
     let qx = model.encode_questions(&ids)?;
-    let sel = bank.search(&qx.keys, k, model.params().tau(model.cfg()))?;
+    let sel = model
+        .search
+        .search(bank, &qx.keys, k, model.params().tau(model.cfg()))?;
     let entries = fetch_selected(bank, &sel)?;
     Ok(used_memories(&sel, &entries))
 }

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod model;
 pub mod params;
 pub mod prefix;
+pub mod search;
 pub mod soft_prefix;
 pub mod template;
 pub mod train;

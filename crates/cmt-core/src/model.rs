@@ -7,6 +7,7 @@ use crate::config::{CmtConfig, PrefixMode};
 use crate::error::{Error, Result};
 use crate::params::{prefix_dims, BaseDims, CmtParams};
 use crate::prefix;
+use crate::search::{BankSearch, CpuSearch};
 use crate::soft_prefix;
 use crate::template::Template;
 use cmt_compress::encode::{Chunking, EncodeOptions, Encoder, Progress};
@@ -185,9 +186,17 @@ pub struct CmtModel<B: Backend = CpuBackend> {
     pub ckpt: Checkpoint,
     /// The question template the checkpoint was trained with.
     pub template: Template,
+    /// Where banks are searched: the CPU unless [`CmtModel::set_search`] put it on θ's
+    /// device.
+    pub search: Box<dyn BankSearch>,
 }
 
 impl<B: Backend> CmtModel<B> {
+    /// Searches banks with `search` from now on.
+    pub fn set_search(&mut self, search: Box<dyn BankSearch>) {
+        self.search = search;
+    }
+
     /// Binds a checkpoint to θ; refused when the checkpoint was made for another model.
     pub fn new(base: BaseLm<B>, ckpt: Checkpoint) -> Result<CmtModel<B>> {
         ckpt.check_base_model(&base.sha256, &base.dims())?;
@@ -196,6 +205,7 @@ impl<B: Backend> CmtModel<B> {
             base,
             ckpt,
             template,
+            search: Box::new(CpuSearch),
         })
     }
 

@@ -1,6 +1,7 @@
-//! ingest → bank → ask with θ on the device backend (every op a kernel of kernels/*.cu, run by
-//! the CPU emulator) gives the answers and memories of the same model on the CPU backend: the
-//! CMT inference commands run θ on `--device cuda` through this path.
+//! ingest → bank → ask with θ and the bank search on the device backend (every op a kernel of
+//! kernels/*.cu, run by the CPU emulator) gives the answers and memories of the same model on
+//! the CPU backend: the CMT inference commands run θ and the search on `--device cuda` through
+//! this path.
 mod common;
 use cmt_core::model::BaseLm;
 use cmt_core::{AskOptions, Cmt, Document, IngestOptions};

@@ -72,6 +72,7 @@ fn emu_err(msg: impl Into<String>) -> CudaError {
     CudaError::Executor(format!("emulator: {}", msg.into()))
 }
 
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Emu;
 
 impl Exec for Emu {

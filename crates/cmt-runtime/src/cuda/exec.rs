@@ -129,3 +129,37 @@ impl<E: Exec> Exec for &E {
         unsafe { (*self).time(launches) }
     }
 }
+
+/// A shared executor (one GPU behind θ's backend and the bank search).
+impl<E: Exec> Exec for std::sync::Arc<E> {
+    type Buf = E::Buf;
+    fn alloc(&self, bytes: usize) -> Result<E::Buf, CudaError> {
+        (**self).alloc(bytes)
+    }
+    fn upload(&self, bytes: &[u8]) -> Result<E::Buf, CudaError> {
+        (**self).upload(bytes)
+    }
+    fn download(&self, buf: &E::Buf) -> Result<Vec<u8>, CudaError> {
+        (**self).download(buf)
+    }
+    fn bytes(&self, buf: &E::Buf) -> usize {
+        (**self).bytes(buf)
+    }
+    fn read(&self, buf: &E::Buf, offset: usize, out: &mut [u8]) -> Result<(), CudaError> {
+        (**self).read(buf, offset, out)
+    }
+    fn write(&self, buf: &mut E::Buf, offset: usize, data: &[u8]) -> Result<(), CudaError> {
+        (**self).write(buf, offset, data)
+    }
+    fn ptr(&self, buf: &E::Buf) -> u64 {
+        (**self).ptr(buf)
+    }
+    unsafe fn launch(&self, l: &Launch) -> Result<(), CudaError> {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).launch(l) }
+    }
+    unsafe fn time(&self, launches: &[Launch]) -> Result<Option<f64>, CudaError> {
+        // SAFETY: forwarded contract.
+        unsafe { (**self).time(launches) }
+    }
+}
