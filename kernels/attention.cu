@@ -135,6 +135,121 @@ __device__ void kv_write(T* cache_k, T* cache_v, const float* k, const float* v,
     }
 }
 
+// The backward of attention_forward for one (row, head) per block: the softmax is recomputed
+// from q and the cache (nothing is saved), then
+//   P_t = softmax(q·k_t/√hd), dP_t = dout·v_t, D = dout·out = Σ_t P_t dP_t,
+//   dS_t = P_t (dP_t − D)/√hd, dq = Σ_t dS_t k_t, dk_t += dS_t q, dv_t += P_t dout.
+// dq (f32, like q) is written; dk, dv (f32, the cache's layout) accumulate with atomicAdd:
+// every query row and every head of a GQA group adds into the same key/value rows (a
+// prefix's rows get the gradients the prefix path needs). Same grid as the forward, splits 1.
+template <typename T>
+__device__ void attention_backward(float* dq, float* dk, float* dv, const float* q,
+                                   const float* dout, const T* cache_k, const T* cache_v,
+                                   const int* row_slot, const int* row_last, int heads,
+                                   int kv_heads, int hd, int capacity, float scale) {
+    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
+    __shared__ float s_acc[ATT_WARPS][ATT_MAX_HD];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int rh = blockIdx.x, r = rh / heads, h = rh % heads;
+    const int kvh = h / (heads / kv_heads);
+    const int n_pos = row_last[r] + 1;
+    const float* qh = q + ((idx_t)r * heads + h) * hd;
+    const float* dh = dout + ((idx_t)r * heads + h) * hd;
+    float qr[ATT_PER_LANE], dr[ATT_PER_LANE], acc[ATT_PER_LANE];
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        const int d = lane + 32 * j;
+        qr[j] = d < hd ? qh[d] : 0.0f;
+        dr[j] = d < hd ? dh[d] : 0.0f;
+        acc[j] = 0.0f;
+    }
+    const idx_t base = ((idx_t)row_slot[r] * kv_heads + kvh) * capacity;
+    // Pass 1: the softmax statistics and the output, as in the forward.
+    float m = NEG_INF, l = 0.0f;
+    for (int p = warp; p < n_pos; p += ATT_WARPS) {
+        const T* kp = cache_k + (base + p) * hd;
+        const T* vp = cache_v + (base + p) * hd;
+        float s = 0.0f;
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            const int d = lane + 32 * j;
+            if (d < hd) s += qr[j] * to_f32(kp[d]);
+        }
+        s = warp_sum(s) * scale;
+        const float m_new = fmaxf(m, s);
+        const float corr = __expf(m - m_new), e = __expf(s - m_new);
+        l = l * corr + e;
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            const int d = lane + 32 * j;
+            acc[j] = acc[j] * corr + (d < hd ? e * to_f32(vp[d]) : 0.0f);
+        }
+        m = m_new;
+    }
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_l[warp] = l;
+    }
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        const int d = lane + 32 * j;
+        if (d < hd) s_acc[warp][d] = acc[j];
+    }
+    __syncthreads();
+    float mm = NEG_INF;
+    for (int w = 0; w < ATT_WARPS; w++) mm = fmaxf(mm, s_m[w]);
+    float wt[ATT_WARPS], ll = 0.0f;
+    for (int w = 0; w < ATT_WARPS; w++) {
+        wt[w] = s_m[w] == NEG_INF ? 0.0f : __expf(s_m[w] - mm);
+        ll += wt[w] * s_l[w];
+    }
+    // D = dout·out, every thread a share of the dims, then one block-wide sum.
+    float part = 0.0f;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++) o += wt[w] * s_acc[w][d];
+        part += dh[d] * (o / ll);
+    }
+    const float big_d = block_sum(part);
+    // Pass 2: per position, its probability and score gradient; dk/dv accumulate in place.
+    float dqa[ATT_PER_LANE];
+    for (int j = 0; j < ATT_PER_LANE; j++) dqa[j] = 0.0f;
+    for (int p = warp; p < n_pos; p += ATT_WARPS) {
+        const T* kp = cache_k + (base + p) * hd;
+        const T* vp = cache_v + (base + p) * hd;
+        float s = 0.0f, dp = 0.0f;
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            const int d = lane + 32 * j;
+            if (d < hd) {
+                s += qr[j] * to_f32(kp[d]);
+                dp += dr[j] * to_f32(vp[d]);
+            }
+        }
+        s = warp_sum(s) * scale;
+        dp = warp_sum(dp);
+        const float pr = __expf(s - mm) / ll;
+        const float ds = pr * (dp - big_d) * scale;
+        float* dkp = dk + (base + p) * hd;
+        float* dvp = dv + (base + p) * hd;
+        for (int j = 0; j < ATT_PER_LANE; j++) {
+            const int d = lane + 32 * j;
+            if (d < hd) {
+                dqa[j] += ds * to_f32(kp[d]);
+                atomicAdd(dkp + d, ds * qr[j]);
+                atomicAdd(dvp + d, pr * dr[j]);
+            }
+        }
+    }
+    // The warps' dq shares, summed in shared memory (after every read of s_acc above).
+    __syncthreads();
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        const int d = lane + 32 * j;
+        if (d < hd) s_acc[warp][d] = dqa[j];
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float v = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++) v += s_acc[w][d];
+        dq[((idx_t)r * heads + h) * hd + d] = v;
+    }
+}
+
 #define ATTENTION(T, S)                                                                          \
     extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attention_forward_##S(          \
         float* out, float* part, const float* q, const T* cache_k, const T* cache_v,             \
@@ -150,7 +265,15 @@ __device__ void kv_write(T* cache_k, T* cache_v, const float* k, const float* v,
                                             int capacity) {                                      \
         kv_write<T>(cache_k, cache_v, k, v, row_slot, row_pos, rows, kv_heads, hd, capacity);    \
     }                                                                                            \
-    CMT_EMU_EXPORT(kv_write_##S)
+    CMT_EMU_EXPORT(kv_write_##S)                                                                 \
+    extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32) attention_backward_##S(         \
+        float* dq, float* dk, float* dv, const float* q, const float* dout, const T* cache_k,    \
+        const T* cache_v, const int* row_slot, const int* row_last, int heads, int kv_heads,     \
+        int hd, int capacity, float scale) {                                                     \
+        attention_backward<T>(dq, dk, dv, q, dout, cache_k, cache_v, row_slot, row_last, heads,  \
+                              kv_heads, hd, capacity, scale);                                    \
+    }                                                                                            \
+    CMT_EMU_EXPORT(attention_backward_##S)
 ATTENTION(float, f32)
 ATTENTION(bf16, bf16)
 

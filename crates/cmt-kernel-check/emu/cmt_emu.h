@@ -8,6 +8,7 @@
 // ordering between blocks, and the GPU's fused multiply-adds (results differ in the last
 // bits, hence tolerances in the tests).
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -137,6 +138,8 @@ T __shfl_up_sync(unsigned, T v, unsigned d, int = 32) { return cmt_emu::exchange
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
+// Emulated threads of a block run concurrently: a real atomic read-modify-write.
+inline float atomicAdd(float* a, float v) { return std::atomic_ref<float>(*a).fetch_add(v); }
 // Round-to-nearest multiply, never fused with a following add (the host build has no FMA).
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __int_as_float(int i) {

@@ -101,6 +101,12 @@ proptest! {
         assert_ok(transformer::kv_write(&Emu, dt, &bt, seed))?;
     }
 
+    /// The prefix path's gradient: dq written, dk/dv accumulated over rows and GQA heads.
+    #[test]
+    fn attention_backward(dt in dtype(), bt in batch(), seed: u64) {
+        assert_ok(transformer::attention_backward(&Emu, dt, &bt, seed))?;
+    }
+
     #[test]
     fn attention(dt in dtype(), bt in batch(), splits in 1usize..6, seed: u64) {
         assert_ok(transformer::attention(&Emu, dt, &bt, splits, seed))?;

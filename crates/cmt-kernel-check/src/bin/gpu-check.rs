@@ -113,6 +113,11 @@ fn all_cases(g: &OnGpu, dt: DType, quick: bool) -> Vec<cases::Outcome> {
     let pre = Batch::new(heads, 3, hd, m, 1, &[(0, 0, m)]);
     v.push(outcome_of(transformer::kv_write(g, dt, &pre, 12)));
     v.push(outcome_of(transformer::attention(g, dt, &pre, 1, 13)));
+    // Its backward (the prefix path's gradient) on a training-sized sequence.
+    let train = Batch::new(heads, 3, hd, 256, 1, &[(0, 16, 240)]);
+    v.push(outcome_of(transformer::attention_backward(
+        g, dt, &train, 20,
+    )));
     let dec = Batch::new(
         heads,
         3,

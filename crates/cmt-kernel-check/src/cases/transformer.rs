@@ -373,3 +373,116 @@ pub fn attention<E: Exec>(
         ls,
     )
 }
+
+/// The attention backward against the CPU backward (`train::ops::attention_backward_group`,
+/// checked against finite differences and HF's prefix gradients), composed over every
+/// sequence and key/value head of the batch. dq, dk and dv are f32 and compared with the f32
+/// bound; dk/dv start from zero and must stay zero where no row attends.
+pub fn attention_backward<E: Exec>(
+    e: &E,
+    dt: DType,
+    bt: &Batch,
+    seed: u64,
+) -> Result<Outcome, CheckError> {
+    use cmt_runtime::train::ops::{attention_backward_group, AttnSeq};
+    let mut rng = Rng::new(seed);
+    let mut b = Bufs::new(e);
+    let rows = bt.rows();
+    let (hd, heads, kvh, cap) = (bt.head_dim, bt.heads, bt.kv_heads, bt.capacity);
+    let qd = heads * hd;
+    let (ck, ckv) = b.input(dt, &rng.vec(bt.cache_len(), -1.0, 1.0))?;
+    let (cv, cvv) = b.input(dt, &rng.vec(bt.cache_len(), -1.0, 1.0))?;
+    let (q, qv) = b.input(DType::F32, &rng.vec(rows * qd, -2.0, 2.0))?;
+    let (dout, dov) = b.input(DType::F32, &rng.vec(rows * qd, -1.0, 1.0))?;
+    let t = RowTables::of(&bt.spans, rows, bt.slots, cap)?;
+    let (slot, pos) = (b.ints(&t.slot)?, b.ints(&t.pos)?);
+    let dq = b.output(DType::F32, rows * qd)?;
+    let zeros = vec![0.0f32; bt.cache_len()];
+    let (dk, _) = b.input(DType::F32, &zeros)?;
+    let (dv, _) = b.input(DType::F32, &zeros)?;
+    let dims = AttnDims {
+        rows,
+        heads,
+        kv_heads: kvh,
+        head_dim: hd,
+        capacity: cap,
+        splits: 1,
+    };
+    let l = transformer::attention_backward(
+        dt,
+        b.ptr(dq),
+        b.ptr(dk),
+        b.ptr(dv),
+        b.ptr(q),
+        b.ptr(dout),
+        b.ptr(ck),
+        b.ptr(cv),
+        b.ptr(slot),
+        b.ptr(pos),
+        dims,
+    )?;
+    b.run(&l)?;
+    // Reference: per sequence and kv head, on [capacity, hd] blocks of the caches.
+    let group = heads / kvh;
+    let (mut want_dq, mut want_dk, mut want_dv) =
+        (vec![0.0f32; rows * qd], zeros.clone(), zeros.clone());
+    let mut scratch = Vec::new();
+    for sp in &bt.spans {
+        for g in 0..kvh {
+            let blk = (sp.slot * kvh + g) * cap * hd..(sp.slot * kvh + g + 1) * cap * hd;
+            let mut dq_blk = vec![0.0f32; sp.rows * group * hd];
+            let (mut dk_blk, mut dv_blk) =
+                (want_dk[blk.clone()].to_vec(), want_dv[blk.clone()].to_vec());
+            attention_backward_group(
+                &qv,
+                &dov,
+                &mut dq_blk,
+                &ckv[blk.clone()],
+                &cvv[blk.clone()],
+                &mut dk_blk,
+                &mut dv_blk,
+                AttnSeq {
+                    row_start: sp.row_start,
+                    rows: sp.rows,
+                    pos: sp.pos,
+                },
+                g,
+                heads,
+                kvh,
+                hd,
+                &mut scratch,
+            );
+            want_dk[blk.clone()].copy_from_slice(&dk_blk);
+            want_dv[blk].copy_from_slice(&dv_blk);
+            for r in 0..sp.rows {
+                for hh in 0..group {
+                    let src = (r * group + hh) * hd;
+                    let dst = (sp.row_start + r) * qd + (g * group + hh) * hd;
+                    want_dq[dst..dst + hd].copy_from_slice(&dq_blk[src..src + hd]);
+                }
+            }
+        }
+    }
+    let (mut err, mut fails) = (0.0, Vec::new());
+    let got_dq = b.read(dq, DType::F32, &mut fails)?;
+    let got_dk = b.read(dk, DType::F32, &mut fails)?;
+    let got_dv = b.read(dv, DType::F32, &mut fails)?;
+    compare("dq", DType::F32, &got_dq, &want_dq, &mut err, &mut fails);
+    compare("dk", DType::F32, &got_dk, &want_dk, &mut err, &mut fails);
+    compare("dv", DType::F32, &got_dv, &want_dv, &mut err, &mut fails);
+    let kv_rows: usize = bt
+        .spans
+        .iter()
+        .map(|s| (0..s.rows).map(|i| s.pos + i + 1).sum::<usize>())
+        .sum();
+    let bytes = 3 * rows * qd * 4 + 2 * kv_rows * kvh * hd * (dt.size() + 4);
+    b.outcome(
+        "attention_backward",
+        dt,
+        bt.describe(),
+        err,
+        fails,
+        bytes,
+        vec![l],
+    )
+}

@@ -367,3 +367,52 @@ pub fn attention_forward(
     }
     Ok(v)
 }
+
+/// The backward of [`attention_forward`] (kernels/attention.cu `attention_backward`): writes
+/// dq ([rows, heads, hd], f32) and accumulates into dk, dv (f32, the caches' layout and size,
+/// zeroed by the caller for a fresh gradient) for every row of the batch. `d.splits` is unused.
+pub fn attention_backward(
+    dt: DType,
+    dq: u64,
+    dk: u64,
+    dv: u64,
+    q: u64,
+    dout: u64,
+    cache_k: u64,
+    cache_v: u64,
+    row_slot: u64,
+    row_pos: u64,
+    d: AttnDims,
+) -> Result<Launch, CudaError> {
+    let mut fwd = attention_forward(
+        dt,
+        0,
+        0,
+        q,
+        cache_k,
+        cache_v,
+        row_slot,
+        row_pos,
+        AttnDims { splits: 1, ..d },
+    )?
+    .remove(0);
+    // Same geometry and checks as the forward; the backward's own arguments.
+    fwd.entry = format!("attention_backward_{}", dt.suffix());
+    fwd.args = vec![
+        Arg::Ptr(dq),
+        Arg::Ptr(dk),
+        Arg::Ptr(dv),
+        Arg::Ptr(q),
+        Arg::Ptr(dout),
+        Arg::Ptr(cache_k),
+        Arg::Ptr(cache_v),
+        Arg::Ptr(row_slot),
+        Arg::Ptr(row_pos),
+        Arg::I32(i32_of("heads", d.heads)?),
+        Arg::I32(i32_of("kv_heads", d.kv_heads)?),
+        Arg::I32(i32_of("head_dim", d.head_dim)?),
+        Arg::I32(i32_of("capacity", d.capacity)?),
+        Arg::F32(1.0 / (d.head_dim as f32).sqrt()),
+    ];
+    Ok(fwd)
+}
