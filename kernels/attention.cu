@@ -18,29 +18,23 @@
 #define ATT_MAX_HD 256
 #define ATT_PER_LANE (ATT_MAX_HD / 32)
 
-template <typename T>
-__device__ void attention_forward(float* out, float* part, const float* q, const T* cache_k,
-                                  const T* cache_v, const int* row_slot, const int* row_last,
-                                  int heads, int kv_heads, int hd, int capacity, int splits,
-                                  float scale) {
-    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
-    __shared__ float s_acc[ATT_WARPS][ATT_MAX_HD];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int rh = blockIdx.x, split = blockIdx.y;
-    const int r = rh / heads, h = rh % heads;
-    const int kvh = h / (heads / kv_heads);
-    const int n_pos = row_last[r] + 1;
-    const int chunk = (n_pos + splits - 1) / splits;
-    const int p0 = split * chunk, p1 = p0 + chunk < n_pos ? p0 + chunk : n_pos;
+// One block's online softmax for one (row, head) over the positions p0 + warp,
+// p0 + warp + ATT_WARPS, … < p1: each warp keeps a running max m, sum l and weighted value
+// sum (into s_acc[warp], the caller's shared memory), then the warps' states are merged:
+// the block's value sum for dim d is Σ_w wt[w]·s_acc[w][d], its max mm and sum ll. q·k is
+// multiplied by s_scale (1 when qr is already scaled). Every thread returns the same result.
+struct AttnMerge {
+    float mm, ll, wt[ATT_WARPS];
+};
 
-    float qr[ATT_PER_LANE], acc[ATT_PER_LANE];
-    const float* qh = q + ((idx_t)r * heads + h) * hd;
-    for (int j = 0; j < ATT_PER_LANE; j++) {
-        const int d = lane + 32 * j;
-        qr[j] = d < hd ? qh[d] * scale : 0.0f;
-        acc[j] = 0.0f;
-    }
-    const idx_t base = ((idx_t)row_slot[r] * kv_heads + kvh) * capacity;
+template <typename T>
+__device__ AttnMerge attention_online(const float qr[ATT_PER_LANE], float s_scale,
+                                      const T* cache_k, const T* cache_v, idx_t base, int hd,
+                                      int p0, int p1, float (*s_acc)[ATT_MAX_HD]) {
+    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float acc[ATT_PER_LANE];
+    for (int j = 0; j < ATT_PER_LANE; j++) acc[j] = 0.0f;
     float m = NEG_INF, l = 0.0f;
     // Every lane of a warp runs the same positions: the shuffles in warp_sum stay converged.
     for (int p = p0 + warp; p < p1; p += ATT_WARPS) {
@@ -51,7 +45,7 @@ __device__ void attention_forward(float* out, float* part, const float* q, const
             const int d = lane + 32 * j;
             if (d < hd) s += qr[j] * to_f32(kp[d]);
         }
-        s = warp_sum(s);
+        s = warp_sum(s) * s_scale;
         const float m_new = fmaxf(m, s);
         const float corr = __expf(m - m_new);  // 0 on the first position (m = -inf)
         const float e = __expf(s - m_new);
@@ -71,18 +65,45 @@ __device__ void attention_forward(float* out, float* part, const float* q, const
         if (d < hd) s_acc[warp][d] = acc[j];
     }
     __syncthreads();
-    float mm = NEG_INF;
-    for (int w = 0; w < ATT_WARPS; w++) mm = fmaxf(mm, s_m[w]);
+    AttnMerge r;
+    r.mm = NEG_INF;
+    for (int w = 0; w < ATT_WARPS; w++) r.mm = fmaxf(r.mm, s_m[w]);
     // A warp (or, with splits, a whole block) may have had no position: weight 0, and a
     // block with none at all must not compute exp(-inf - -inf).
-    float wt[ATT_WARPS], ll = 0.0f;
+    r.ll = 0.0f;
     for (int w = 0; w < ATT_WARPS; w++) {
-        wt[w] = s_m[w] == NEG_INF ? 0.0f : __expf(s_m[w] - mm);
-        ll += wt[w] * s_l[w];
+        r.wt[w] = s_m[w] == NEG_INF ? 0.0f : __expf(s_m[w] - r.mm);
+        r.ll += r.wt[w] * s_l[w];
     }
+    return r;
+}
+
+template <typename T>
+__device__ void attention_forward(float* out, float* part, const float* q, const T* cache_k,
+                                  const T* cache_v, const int* row_slot, const int* row_last,
+                                  int heads, int kv_heads, int hd, int capacity, int splits,
+                                  float scale) {
+    __shared__ float s_acc[ATT_WARPS][ATT_MAX_HD];
+    const int lane = threadIdx.x & 31;
+    const int rh = blockIdx.x, split = blockIdx.y;
+    const int r = rh / heads, h = rh % heads;
+    const int kvh = h / (heads / kv_heads);
+    const int n_pos = row_last[r] + 1;
+    const int chunk = (n_pos + splits - 1) / splits;
+    const int p0 = split * chunk, p1 = p0 + chunk < n_pos ? p0 + chunk : n_pos;
+
+    float qr[ATT_PER_LANE];
+    const float* qh = q + ((idx_t)r * heads + h) * hd;
+    for (int j = 0; j < ATT_PER_LANE; j++) {
+        const int d = lane + 32 * j;
+        qr[j] = d < hd ? qh[d] * scale : 0.0f;
+    }
+    const idx_t base = ((idx_t)row_slot[r] * kv_heads + kvh) * capacity;
+    const AttnMerge mg = attention_online(qr, 1.0f, cache_k, cache_v, base, hd, p0, p1, s_acc);
+    const float mm = mg.mm, ll = mg.ll;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float a = 0.0f;
-        for (int w = 0; w < ATT_WARPS; w++) a += wt[w] * s_acc[w][d];
+        for (int w = 0; w < ATT_WARPS; w++) a += mg.wt[w] * s_acc[w][d];
         if (splits == 1) {
             out[((idx_t)r * heads + h) * hd + d] = a / ll;
         } else {
@@ -147,7 +168,6 @@ __device__ void attention_backward(float* dq, float* dk, float* dv, const float*
                                    const float* dout, const T* cache_k, const T* cache_v,
                                    const int* row_slot, const int* row_last, int heads,
                                    int kv_heads, int hd, int capacity, float scale) {
-    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
     __shared__ float s_acc[ATT_WARPS][ATT_MAX_HD];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int rh = blockIdx.x, r = rh / heads, h = rh % heads;
@@ -155,55 +175,21 @@ __device__ void attention_backward(float* dq, float* dk, float* dv, const float*
     const int n_pos = row_last[r] + 1;
     const float* qh = q + ((idx_t)r * heads + h) * hd;
     const float* dh = dout + ((idx_t)r * heads + h) * hd;
-    float qr[ATT_PER_LANE], dr[ATT_PER_LANE], acc[ATT_PER_LANE];
+    float qr[ATT_PER_LANE], dr[ATT_PER_LANE];
     for (int j = 0; j < ATT_PER_LANE; j++) {
         const int d = lane + 32 * j;
         qr[j] = d < hd ? qh[d] : 0.0f;
         dr[j] = d < hd ? dh[d] : 0.0f;
-        acc[j] = 0.0f;
     }
     const idx_t base = ((idx_t)row_slot[r] * kv_heads + kvh) * capacity;
     // Pass 1: the softmax statistics and the output, as in the forward.
-    float m = NEG_INF, l = 0.0f;
-    for (int p = warp; p < n_pos; p += ATT_WARPS) {
-        const T* kp = cache_k + (base + p) * hd;
-        const T* vp = cache_v + (base + p) * hd;
-        float s = 0.0f;
-        for (int j = 0; j < ATT_PER_LANE; j++) {
-            const int d = lane + 32 * j;
-            if (d < hd) s += qr[j] * to_f32(kp[d]);
-        }
-        s = warp_sum(s) * scale;
-        const float m_new = fmaxf(m, s);
-        const float corr = __expf(m - m_new), e = __expf(s - m_new);
-        l = l * corr + e;
-        for (int j = 0; j < ATT_PER_LANE; j++) {
-            const int d = lane + 32 * j;
-            acc[j] = acc[j] * corr + (d < hd ? e * to_f32(vp[d]) : 0.0f);
-        }
-        m = m_new;
-    }
-    if (lane == 0) {
-        s_m[warp] = m;
-        s_l[warp] = l;
-    }
-    for (int j = 0; j < ATT_PER_LANE; j++) {
-        const int d = lane + 32 * j;
-        if (d < hd) s_acc[warp][d] = acc[j];
-    }
-    __syncthreads();
-    float mm = NEG_INF;
-    for (int w = 0; w < ATT_WARPS; w++) mm = fmaxf(mm, s_m[w]);
-    float wt[ATT_WARPS], ll = 0.0f;
-    for (int w = 0; w < ATT_WARPS; w++) {
-        wt[w] = s_m[w] == NEG_INF ? 0.0f : __expf(s_m[w] - mm);
-        ll += wt[w] * s_l[w];
-    }
+    const AttnMerge mg = attention_online(qr, scale, cache_k, cache_v, base, hd, 0, n_pos, s_acc);
+    const float mm = mg.mm, ll = mg.ll;
     // D = dout·out, every thread a share of the dims, then one block-wide sum.
     float part = 0.0f;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.0f;
-        for (int w = 0; w < ATT_WARPS; w++) o += wt[w] * s_acc[w][d];
+        for (int w = 0; w < ATT_WARPS; w++) o += mg.wt[w] * s_acc[w][d];
         part += dh[d] * (o / ll);
     }
     const float big_d = block_sum(part);
