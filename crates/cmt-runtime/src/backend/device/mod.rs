@@ -323,18 +323,15 @@ impl<E: Exec> Backend for DeviceBackend<E> {
         seqs: &[SeqSpan],
         s: AttnShape,
     ) -> Result<()> {
-        let (rows, slots) = batch_geometry(seqs, s, ck.len.min(cv.len));
-        let t = RowTables::of(seqs, rows, slots, s.capacity)?;
+        let t = row_tables(seqs, s, ck.len.min(cv.len))?;
+        let rows = t.slot.len();
         check("kv_write k", k.len, rows * s.kv_heads * s.head_dim)?;
         check("kv_write v", v.len, rows * s.kv_heads * s.head_dim)?;
         if rows == 0 {
             return Ok(());
         }
         let _serial = self.serial();
-        let (slot, pos) = (
-            self.table("row_slot", &t.slot)?,
-            self.table("row_pos", &t.pos)?,
-        );
+        let (slot, pos) = self.row_table_ptrs(&t)?;
         let l = transformer::kv_write(
             DType::F32,
             self.ptr(ck),
@@ -360,8 +357,8 @@ impl<E: Exec> Backend for DeviceBackend<E> {
         s: AttnShape,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        let (rows, slots) = batch_geometry(seqs, s, ck.len.min(cv.len));
-        let t = RowTables::of(seqs, rows, slots, s.capacity)?;
+        let t = row_tables(seqs, s, ck.len.min(cv.len))?;
+        let rows = t.slot.len();
         check("attention q", q.len, rows * s.heads * s.head_dim)?;
         check("attention out", out.len, rows * s.heads * s.head_dim)?;
         if rows == 0 {
@@ -370,10 +367,7 @@ impl<E: Exec> Backend for DeviceBackend<E> {
         let longest = seqs.iter().map(|q| q.pos + q.rows).max().unwrap_or(0);
         let splits = attention_splits(rows, s.heads, longest);
         let _serial = self.serial();
-        let (slot, pos) = (
-            self.table("row_slot", &t.slot)?,
-            self.table("row_pos", &t.pos)?,
-        );
+        let (slot, pos) = self.row_table_ptrs(&t)?;
         let dims = AttnDims {
             rows,
             heads: s.heads,
@@ -430,10 +424,10 @@ fn f32_buf<B>(what: &str, b: &DeviceBuf<B>) -> Result<()> {
     Ok(())
 }
 
-/// Rows of the batch (the end of its last span) and the slots a cache of `cache_len` values
-/// holds.
-fn batch_geometry(seqs: &[SeqSpan], s: AttnShape, cache_len: usize) -> (usize, usize) {
+/// The batch's per-row tables, checked against caches of `cache_len` values; the batch has
+/// `slot.len()` rows (the end of its last span).
+fn row_tables(seqs: &[SeqSpan], s: AttnShape, cache_len: usize) -> Result<RowTables> {
     let rows = seqs.iter().map(|q| q.row_start + q.rows).max().unwrap_or(0);
     let slots = cache_len / (s.kv_heads * s.capacity * s.head_dim).max(1);
-    (rows, slots)
+    Ok(RowTables::of(seqs, rows, slots, s.capacity)?)
 }

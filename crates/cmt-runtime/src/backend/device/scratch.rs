@@ -2,6 +2,7 @@
 //! reused across ops and steps.
 use super::{i32s, DeviceBackend};
 use crate::backend::Backend;
+use crate::cuda::launch::transformer::RowTables;
 use crate::cuda::Exec;
 use crate::error::Result;
 
@@ -42,6 +43,14 @@ impl<E: Exec> DeviceBackend<E> {
     }
 
     /// The partials buffer, at least `n` values long.
+    /// The step's row tables (kv_write and attention pass the same), as device addresses.
+    pub(super) fn row_table_ptrs(&self, t: &RowTables) -> Result<(u64, u64)> {
+        Ok((
+            self.table("row_slot", &t.slot)?,
+            self.table("row_pos", &t.pos)?,
+        ))
+    }
+
     pub(super) fn with_part<T>(&self, n: usize, f: impl FnOnce(u64) -> Result<T>) -> Result<T> {
         let mut part = self.part.lock().unwrap_or_else(|e| e.into_inner());
         if n > 0 && part.as_ref().is_none_or(|p| p.len < n) {
