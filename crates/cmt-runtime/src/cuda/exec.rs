@@ -96,70 +96,42 @@ impl Exec for Gpu {
     }
 }
 
-/// A borrowed executor is one too (a backend over a GPU that the caller keeps using).
-impl<E: Exec> Exec for &E {
-    type Buf = E::Buf;
-    fn alloc(&self, bytes: usize) -> Result<E::Buf, CudaError> {
-        (*self).alloc(bytes)
-    }
-    fn upload(&self, bytes: &[u8]) -> Result<E::Buf, CudaError> {
-        (*self).upload(bytes)
-    }
-    fn download(&self, buf: &E::Buf) -> Result<Vec<u8>, CudaError> {
-        (*self).download(buf)
-    }
-    fn bytes(&self, buf: &E::Buf) -> usize {
-        (*self).bytes(buf)
-    }
-    fn read(&self, buf: &E::Buf, offset: usize, out: &mut [u8]) -> Result<(), CudaError> {
-        (*self).read(buf, offset, out)
-    }
-    fn write(&self, buf: &mut E::Buf, offset: usize, data: &[u8]) -> Result<(), CudaError> {
-        (*self).write(buf, offset, data)
-    }
-    fn ptr(&self, buf: &E::Buf) -> u64 {
-        (*self).ptr(buf)
-    }
-    unsafe fn launch(&self, l: &Launch) -> Result<(), CudaError> {
-        // SAFETY: forwarded contract.
-        unsafe { (*self).launch(l) }
-    }
-    unsafe fn time(&self, launches: &[Launch]) -> Result<Option<f64>, CudaError> {
-        // SAFETY: forwarded contract.
-        unsafe { (*self).time(launches) }
-    }
+/// An executor behind a pointer is one too: a borrowed one (a backend over a GPU the caller
+/// keeps using) or a shared one (one GPU behind θ's backend and the bank search).
+macro_rules! forward_exec {
+    ($($ptr:ty),*) => {$(
+        impl<E: Exec> Exec for $ptr {
+            type Buf = E::Buf;
+            fn alloc(&self, bytes: usize) -> Result<E::Buf, CudaError> {
+                E::alloc(self, bytes)
+            }
+            fn upload(&self, bytes: &[u8]) -> Result<E::Buf, CudaError> {
+                E::upload(self, bytes)
+            }
+            fn download(&self, buf: &E::Buf) -> Result<Vec<u8>, CudaError> {
+                E::download(self, buf)
+            }
+            fn bytes(&self, buf: &E::Buf) -> usize {
+                E::bytes(self, buf)
+            }
+            fn read(&self, buf: &E::Buf, offset: usize, out: &mut [u8]) -> Result<(), CudaError> {
+                E::read(self, buf, offset, out)
+            }
+            fn write(&self, buf: &mut E::Buf, offset: usize, data: &[u8]) -> Result<(), CudaError> {
+                E::write(self, buf, offset, data)
+            }
+            fn ptr(&self, buf: &E::Buf) -> u64 {
+                E::ptr(self, buf)
+            }
+            unsafe fn launch(&self, l: &Launch) -> Result<(), CudaError> {
+                // SAFETY: forwarded contract.
+                unsafe { E::launch(self, l) }
+            }
+            unsafe fn time(&self, launches: &[Launch]) -> Result<Option<f64>, CudaError> {
+                // SAFETY: forwarded contract.
+                unsafe { E::time(self, launches) }
+            }
+        }
+    )*};
 }
-
-/// A shared executor (one GPU behind θ's backend and the bank search).
-impl<E: Exec> Exec for std::sync::Arc<E> {
-    type Buf = E::Buf;
-    fn alloc(&self, bytes: usize) -> Result<E::Buf, CudaError> {
-        (**self).alloc(bytes)
-    }
-    fn upload(&self, bytes: &[u8]) -> Result<E::Buf, CudaError> {
-        (**self).upload(bytes)
-    }
-    fn download(&self, buf: &E::Buf) -> Result<Vec<u8>, CudaError> {
-        (**self).download(buf)
-    }
-    fn bytes(&self, buf: &E::Buf) -> usize {
-        (**self).bytes(buf)
-    }
-    fn read(&self, buf: &E::Buf, offset: usize, out: &mut [u8]) -> Result<(), CudaError> {
-        (**self).read(buf, offset, out)
-    }
-    fn write(&self, buf: &mut E::Buf, offset: usize, data: &[u8]) -> Result<(), CudaError> {
-        (**self).write(buf, offset, data)
-    }
-    fn ptr(&self, buf: &E::Buf) -> u64 {
-        (**self).ptr(buf)
-    }
-    unsafe fn launch(&self, l: &Launch) -> Result<(), CudaError> {
-        // SAFETY: forwarded contract.
-        unsafe { (**self).launch(l) }
-    }
-    unsafe fn time(&self, launches: &[Launch]) -> Result<Option<f64>, CudaError> {
-        // SAFETY: forwarded contract.
-        unsafe { (**self).time(launches) }
-    }
-}
+forward_exec!(&E, std::sync::Arc<E>);
