@@ -508,6 +508,57 @@ mod packed {
         }
     }
 
+    /// The AVX-512 activation quantiser (rows split over threads) gives the scalar
+    /// quantiser's bits: block scales, d·Σq and every i16, on rows with an all-zero block,
+    /// exact ties (x·id = n + ½) and widely varying block scales.
+    #[test]
+    fn simd_activation_quantiser_matches_the_scalar_one() {
+        if !SimdLevel::Avx512Vnni.supported() {
+            eprintln!("SKIPPED: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        for (m, nb, seed) in [
+            (1, 1, 3u64),
+            (7, 5, 4),
+            (16, 18, 5),
+            (17, 18, 6),
+            (40, 48, 7),
+        ] {
+            let k = nb * BLOCK;
+            let mut x = random_acts(m * k, seed);
+            for (b, blk) in x.chunks_exact_mut(BLOCK).enumerate() {
+                match b % 5 {
+                    0 => blk.iter_mut().for_each(|v| *v = 0.0),
+                    1 => {
+                        // max|x| = 32767 → d = 1, id = 1: ties at n + ½ round away from 0.
+                        blk[0] = 32767.0;
+                        for (i, v) in blk.iter_mut().enumerate().skip(1) {
+                            *v = (i as f32 - 16.0) + 0.5;
+                        }
+                    }
+                    2 => blk.iter_mut().for_each(|v| *v *= 1e-6),
+                    3 => blk.iter_mut().for_each(|v| *v *= 3e4),
+                    _ => {}
+                }
+            }
+            let scalar = Acts16::quantize_with(SimdLevel::Portable, &x, m, k);
+            let simd = Acts16::quantize_with(SimdLevel::Avx512Vnni, &x, m, k);
+            assert_eq!(scalar.qs, simd.qs, "m{m} nb{nb}: quantised values differ");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&scalar.d), bits(&simd.d), "m{m} nb{nb}: scales differ");
+            assert_eq!(
+                bits(&scalar.dsum),
+                bits(&simd.dsum),
+                "m{m} nb{nb}: d·Σq differ"
+            );
+            // And the scalar one against its definition on a tie block.
+            if nb > 1 {
+                let q = &scalar.qs[BLOCK..2 * BLOCK];
+                assert_eq!((q[0], q[1], q[16], q[17]), (32767, -15, 1, 2));
+            }
+        }
+    }
+
     #[test]
     fn extremes_do_not_overflow_the_block_sums() {
         // Every weight −128 and every activation at full scale: a block sums to

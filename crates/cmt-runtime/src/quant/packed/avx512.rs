@@ -131,3 +131,63 @@ unsafe fn tile<
         _mm512_storeu_ps(acc[j].as_mut_ptr(), *fj);
     }
 }
+
+/// Whole 32-element blocks of `xs` to i16, the same bits as [`quantize_block`](crate::quant::acts::quantize_block) with qmax
+/// 32767 (the scalar steps in the same f32 order: d = max|x| / 32767, id = 1/d, q =
+/// trunc(x·id + ½·sign(x·id)) clamped to ±32767; a maximum is exact in any order). Inputs
+/// with NaN or infinities may differ from the scalar code (the conversion's out-of-range
+/// value then clamps to −32767 where the scalar cast saturates).
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BW; `qs` must hold `xs.len()` values and `d`, `dsum`
+/// one per block.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quantize_blocks16(
+    xs: &[f32],
+    qs: &mut [i16],
+    d: &mut [f32],
+    dsum: &mut [f32],
+) {
+    let nb = xs.len() / BLOCK;
+    assert!(
+        xs.len() == nb * BLOCK && qs.len() == xs.len() && d.len() == nb && dsum.len() == nb,
+        "quantize_blocks16: mismatched slices"
+    );
+    let abs_mask = _mm512_set1_epi32(0x7FFF_FFFF);
+    let sign_mask = _mm512_set1_epi32(i32::MIN);
+    let half = _mm512_set1_ps(0.5);
+    let (lo, hi) = (_mm512_set1_epi32(-32767), _mm512_set1_epi32(32767));
+    for b in 0..nb {
+        // SAFETY: block b is inside xs and qs (asserted).
+        let (x0, x1) = (
+            _mm512_loadu_ps(xs.as_ptr().add(b * BLOCK)),
+            _mm512_loadu_ps(xs.as_ptr().add(b * BLOCK + 16)),
+        );
+        let abs =
+            |v: __m512| _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs_mask));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(abs(x0), abs(x1)));
+        let db = amax / 32767.0;
+        let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+        let q = |v: __m512| {
+            let t = _mm512_mul_ps(v, _mm512_set1_ps(id));
+            let sign = _mm512_and_si512(_mm512_castps_si512(t), sign_mask);
+            let r = _mm512_add_ps(
+                t,
+                _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(half), sign)),
+            );
+            _mm512_max_epi32(_mm512_min_epi32(_mm512_cvttps_epi32(r), hi), lo)
+        };
+        let (q0, q1) = (q(x0), q(x1));
+        let sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        _mm256_storeu_si256(
+            qs.as_mut_ptr().add(b * BLOCK) as *mut __m256i,
+            _mm512_cvtepi32_epi16(q0),
+        );
+        _mm256_storeu_si256(
+            qs.as_mut_ptr().add(b * BLOCK + 16) as *mut __m256i,
+            _mm512_cvtepi32_epi16(q1),
+        );
+        d[b] = db;
+        dsum[b] = db * sum as f32;
+    }
+}

@@ -341,26 +341,58 @@ pub struct Acts16 {
     pub dsum: Vec<f32>,
 }
 
+/// Activation rows quantised per rayon task in prefill (one task below this many rows).
+const QUANTIZE_ROWS_PER_TASK: usize = 16;
+
 impl Acts16 {
+    /// m rows of x, quantised with the best SIMD level this CPU runs (every level gives the
+    /// same bits).
     pub fn quantize(x: &[f32], m: usize, k: usize) -> Acts16 {
+        Self::quantize_with(DotKernel::best().level(), x, m, k)
+    }
+
+    /// The same with the quantiser of `level` (AVX-512 where it is asked for and runs; the
+    /// scalar [`quantize_block`] otherwise). Rows are split over threads in prefill: the
+    /// quantiser ran serially before, ~10 % of a Q8_0 prefill on two cores.
+    pub fn quantize_with(level: SimdLevel, x: &[f32], m: usize, k: usize) -> Acts16 {
         assert!(
             k.is_multiple_of(BLOCK),
             "activation width {k} is not whole blocks"
         );
+        let nb = k / BLOCK;
         let mut a = Acts16 {
             k,
             qs: vec![0; m * k],
-            d: vec![0.0; m * k / BLOCK],
-            dsum: vec![0.0; m * k / BLOCK],
+            d: vec![0.0; m * nb],
+            dsum: vec![0.0; m * nb],
         };
-        for (b, (xs, qs)) in x[..m * k]
-            .chunks_exact(BLOCK)
-            .zip(a.qs.chunks_exact_mut(BLOCK))
-            .enumerate()
-        {
-            let (d, sum) = quantize_block(xs, 32767, |i, q| qs[i] = q as i16);
-            a.d[b] = d;
-            a.dsum[b] = d * sum as f32;
+        let rows = QUANTIZE_ROWS_PER_TASK;
+        let simd = level == SimdLevel::Avx512Vnni && level.supported();
+        let task = |((xs, qs), (d, dsum)): ((&[f32], &mut [i16]), (&mut [f32], &mut [f32]))| {
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: the level's features (AVX-512 F and BW among them) were checked
+                // just above; the four slices hold the same whole number of blocks.
+                return unsafe { avx512::quantize_blocks16(xs, qs, d, dsum) };
+            }
+            let _ = simd;
+            quantize_blocks16_scalar(xs, qs, d, dsum)
+        };
+        let chunks = x[..m * k]
+            .par_chunks(rows * k)
+            .zip(a.qs.par_chunks_mut(rows * k))
+            .zip(
+                a.d.par_chunks_mut(rows * nb)
+                    .zip(a.dsum.par_chunks_mut(rows * nb)),
+            );
+        if m > rows {
+            chunks.for_each(task);
+        } else {
+            // One chunk: no fork-join in decode.
+            task((
+                (&x[..m * k], &mut a.qs[..]),
+                (&mut a.d[..], &mut a.dsum[..]),
+            ));
         }
         a
     }
@@ -368,6 +400,20 @@ impl Acts16 {
     /// Per block, the largest error of a dequantised element (d/2).
     pub fn max_error(&self, block: usize) -> f32 {
         0.5 * self.d[block]
+    }
+}
+
+/// Whole 32-element blocks of `xs` to i16 with [`quantize_block`] (the reference the SIMD
+/// quantiser matches bit for bit).
+fn quantize_blocks16_scalar(xs: &[f32], qs: &mut [i16], d: &mut [f32], dsum: &mut [f32]) {
+    for (b, (xs, qs)) in xs
+        .chunks_exact(BLOCK)
+        .zip(qs.chunks_exact_mut(BLOCK))
+        .enumerate()
+    {
+        let (db, sum) = quantize_block(xs, 32767, |i, q| qs[i] = q as i16);
+        d[b] = db;
+        dsum[b] = db * sum as f32;
     }
 }
 
