@@ -407,7 +407,15 @@ fn gguf_rope_freqs_apply_as_divisors_and_convert_as_llama3() {
     let (hf, _) = cmt_runtime::load_model(&out, CpuBackend).unwrap();
     assert_eq!(hf.cfg, as_llama3, "converted as the llama3 parameters");
     let diff = common::max_abs_diff(&logits_of(&hf, &ids), &got);
-    assert!(diff < 1e-5, "converted model's logits moved by {diff}");
+    // The two loads differ only in their rotary tables' last bits (stored divisors against
+    // the llama3 formula); that difference, amplified through the layers, is the whole
+    // diff: 7.7e-6 with per-row attention, 1.24e-5 since prefill attention runs as GEMMs
+    // (another summation order), on logits up to ~6 (2e-6 relative).
+    let scale = got.iter().fold(1f32, |a, v| a.max(v.abs()));
+    assert!(
+        diff < 3e-6 * scale,
+        "converted model's logits moved by {diff} (largest logit {scale})"
+    );
 }
 
 #[test]

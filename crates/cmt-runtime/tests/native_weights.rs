@@ -109,7 +109,10 @@ fn greedy_continuations_agree_with_hf_for_16_tokens() {
 
 /// Prefill's own check. Where prefill runs the packed kernel (AVX-512 VNNI CPUs: 16-bit
 /// activations, each row quantised on its own) it equals token by token up to summation
-/// order, and both carry the activation rounding. Elsewhere prefill dequantises tiles to
+/// order, and both carry the activation rounding. Prefill attention runs as GEMMs and
+/// decode as per-row dots, so the orders differ there, and a last-bit difference in an
+/// activation can move its 16-bit rounding by a step: measured 3.4e-5 on the Q8_0 copy
+/// (below 1e-5 on the default Q4_1 file), so the bar is bf16's 1e-4. Elsewhere prefill dequantises tiles to
 /// the exact f32 values and meets `exact` (the f32 path's figure, `what`) to 1e-4.
 fn assert_prefill_path(m: &Model<CpuBackend>, prefill: f64, stepwise: f64, exact: f64, what: &str) {
     let packed = m.weights.layers[0]
@@ -118,7 +121,7 @@ fn assert_prefill_path(m: &Model<CpuBackend>, prefill: f64, stepwise: f64, exact
         .is_some_and(|q| q.packed.is_some());
     if packed && prefill_reads_packed() {
         assert!(
-            (prefill - stepwise).abs() <= 1e-5,
+            (prefill - stepwise).abs() <= 1e-4,
             "packed prefill {prefill} vs token by token {stepwise}"
         );
     } else {

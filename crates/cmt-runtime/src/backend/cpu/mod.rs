@@ -193,11 +193,7 @@ impl Backend for CpuBackend {
         out[..n]
             .par_chunks_mut(4096)
             .zip(gate[..n].par_chunks(4096).zip(up[..n].par_chunks(4096)))
-            .for_each(|(o, (g, u))| {
-                for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                    *o = g / (1.0 + (-g).exp()) * u;
-                }
-            });
+            .for_each(|(o, (g, u))| simd::silu_mul(g, u, o));
         Ok(())
     }
 
