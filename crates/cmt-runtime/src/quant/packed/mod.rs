@@ -341,6 +341,9 @@ pub struct Acts16 {
     pub dsum: Vec<f32>,
 }
 
+/// One task's rows: (x, quantised values), (block scales, d·Σq).
+type QuantChunk<'a> = ((&'a [f32], &'a mut [i16]), (&'a mut [f32], &'a mut [f32]));
+
 /// Activation rows quantised per rayon task in prefill (one task below this many rows).
 const QUANTIZE_ROWS_PER_TASK: usize = 16;
 
@@ -368,7 +371,7 @@ impl Acts16 {
         };
         let rows = QUANTIZE_ROWS_PER_TASK;
         let simd = level == SimdLevel::Avx512Vnni && level.supported();
-        let task = |((xs, qs), (d, dsum)): ((&[f32], &mut [i16]), (&mut [f32], &mut [f32]))| {
+        let task = |((xs, qs), (d, dsum)): QuantChunk| {
             #[cfg(target_arch = "x86_64")]
             if simd {
                 // SAFETY: the level's features (AVX-512 F and BW among them) were checked
